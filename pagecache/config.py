@@ -1,0 +1,218 @@
+"""Options of pagecache: their names, defaults and how a value is read.
+
+Every option can be given as an INI string (``wait_timeout = 5s``) or, to
+:class:`~pagecache.PageCacheMiddleware`, as a Python value (``wait_timeout=5``).
+:data:`OPTIONS` is the single table of names, converters and defaults; an
+unknown name or a value its converter refuses is a :class:`ConfigError` that
+names the option, raised when the configuration is loaded, never later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import codecs
+import re
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
+
+
+class ConfigError(ValueError):
+    """A configuration value that pagecache cannot use; the message names it.
+
+    ``option`` is the option's name and ``text`` the offending text (for a
+    rule, its line), so a loader can point at the line of the INI file."""
+
+    def __init__(self, message: str, option: str = "", text: str = ""):
+        super().__init__(message)
+        self.option = option
+        self.text = text
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.I)
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|k|mb|m|gb|g)?\s*$", re.I)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20,
+               "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_KEY_PREFIX = re.compile(r"^[!-~]{1,64}$")
+
+
+def duration(value: Any) -> float:
+    """Seconds from ``90``, ``90s``, ``250ms``, ``5m``, ``2h`` or ``1d``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, 90s, 5m, 2h or 1d")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration such as 30, 90s, 5m, 2h or 1d")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def size(value: Any) -> int:
+    """Bytes from ``1048576``, ``512KB``, ``1MB`` or ``2GB`` (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 65536, 512KB or 64MB")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def boolean(value: Any) -> bool:
+    """``true``/``false`` (also yes/no, on/off, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def words(value: Any) -> Tuple[str, ...]:
+    """A list from a string separated by whitespace or commas, or an iterable."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(w for w in re.split(r"[\s,]+", value) if w)
+    return tuple(str(w) for w in value)
+
+
+def positive_int(value: Any) -> int:
+    """A whole number of at least 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        number = int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{number} is less than 1")
+    return number
+
+
+def statuses(value: Any) -> frozenset:
+    """HTTP status codes, such as ``200 301 404``."""
+    codes = set()
+    for word in words(value):
+        if not re.fullmatch(r"[1-5]\d\d", word):
+            raise ValueError(f"{word!r} is not an HTTP status code")
+        codes.add(int(word))
+    return frozenset(codes)
+
+
+def networks(value: Any) -> Tuple[Any, ...]:
+    """IP addresses or CIDR networks, such as ``127.0.0.1 10.0.0.0/8 ::1``."""
+    result = []
+    for word in words(value):
+        try:
+            result.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            raise ValueError(f"{word!r} is not an IP address or network") from None
+    return tuple(result)
+
+
+def charset(value: Any) -> str:
+    """The name of a Python codec, such as ``utf-8`` or ``latin-1``."""
+    try:
+        return codecs.lookup(str(value).strip()).name
+    except LookupError:
+        raise ValueError(f"{value!r} is not a known character set") from None
+
+
+def header_name(value: Any) -> str:
+    """An HTTP header name, or empty for none."""
+    text = "" if value is None else str(value).strip()
+    if text and not _HEADER_NAME.match(text):
+        raise ValueError(f"{text!r} is not an HTTP header name")
+    return text
+
+
+def key_prefix(value: Any) -> str:
+    """1 to 64 printable ASCII characters without spaces (part of every key)."""
+    text = str(value).strip()
+    if not _KEY_PREFIX.match(text):
+        raise ValueError(f"{text!r} must be 1 to 64 printable ASCII characters without spaces")
+    return text
+
+
+def url_path(value: Any) -> str:
+    """An absolute URL path such as ``/_pagecache/stats``, or empty for none."""
+    text = "" if value is None else str(value).strip()
+    if text and (not text.startswith("/") or any(c.isspace() for c in text)):
+        raise ValueError(f"{text!r} is not a path starting with /")
+    return text
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    """A converter accepting exactly one of ``choices``."""
+    def convert(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return text
+    convert.__doc__ = "One of: " + ", ".join(choices)
+    return convert
+
+
+class Option(NamedTuple):
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+OPTIONS: Dict[str, Option] = {
+    "memcached_servers": Option(words, (), "host:port of each memcached server; none: the embedded memory cache"),
+    "memcached_client": Option(one_of("python-memcached", "pymemcache"), "python-memcached",
+                               "which memcached client library talks to the servers"),
+    "memcached_timeout": Option(duration, 0.25, "bound on every memcached operation, connecting included"),
+    "memcached_retry": Option(duration, 30.0, "how long a failed memcached server is left alone"),
+    "memory_limit": Option(size, 64 << 20, "bytes the embedded memory cache may hold"),
+    "key_prefix": Option(key_prefix, "pagecache", "namespace of every key, so apps can share a memcached"),
+    "charset": Option(charset, "utf-8", "how request paths are decoded before rules match them"),
+    "status_header": Option(header_name, "X-Cache", "response header saying HIT/STALE/MISS/BYPASS; empty: none"),
+    "bypass_cookies": Option(words, (), "cookie names whose presence sends a request past the cache"),
+    "cache_statuses": Option(statuses, frozenset({200, 203, 300, 301, 308, 404, 410}),
+                             "response statuses that may be stored"),
+    "max_entry_size": Option(size, 1000 << 10, "largest body stored; larger ones stream through"),
+    "ignore_query": Option(words, (), "query parameters left out of the key (utm_source ...)"),
+    "sort_query": Option(boolean, False, "key ?a=1&b=2 and ?b=2&a=1 as one page"),
+    "wait_timeout": Option(duration, 5.0, "how long a request waits for a page another request computes"),
+    "lock_timeout": Option(duration, 30.0, "longest life of an update lock"),
+    "background_refresh": Option(boolean, False, "rebuild pages in grace in the background, serving stale"),
+    "background_workers": Option(positive_int, 2, "threads per process rebuilding pages in the background"),
+    "stale_if_error": Option(duration, 0.0, "how long past its grace a page is kept to cover app errors"),
+    "uncacheable_ttl": Option(duration, 10.0, "how long a URL whose response may not be stored skips the lock"),
+    "local_ttl": Option(duration, 0.0, "seconds a page may be served from process memory; 0: off"),
+    "local_size": Option(positive_int, 1000, "most pages held in process memory"),
+    "purge_allowed": Option(networks, (), "networks allowed PURGE and stats; none: PURGE goes to the app"),
+    "stats_path": Option(url_path, "", "path serving the counters as JSON; empty: off"),
+}
+
+
+def convert_options(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """All options typed, with defaults filled in; ConfigError names any bad one."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        known = ", ".join(sorted(OPTIONS))
+        raise ConfigError(f"unknown option {unknown[0]!r} (known options: cached_urls, {known})",
+                          unknown[0])
+    result = {}
+    for name, option in OPTIONS.items():
+        if name not in values:
+            result[name] = option.default
+            continue
+        try:
+            result[name] = option.convert(values[name])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"option {name}: {error}", name, str(values[name])) from None
+    return result

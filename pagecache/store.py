@@ -1,0 +1,116 @@
+"""pagecache's access to the cache: entries in and out, locks, and every failure
+turned into a miss.
+
+Whatever the cache object does (raise, time out, answer ``0`` or ``None``,
+hold another program's bytes), the methods here return an answer the request
+flow can act on: ``load`` gives an entry or None, ``save`` says whether it was
+stored, ``lock`` says won, lost or unavailable. Failures are counted in the
+stats and logged as warnings, at most one every :data:`WARN_EVERY` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Optional, Union
+
+from . import entry as entries
+from .backends import expiry_time
+from .stats import Stats
+
+log = logging.getLogger("pagecache")
+
+WARN_EVERY = 10.0
+LOST = "lost"                # another request holds the lock
+UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
+
+
+class Store:
+    """A memcached-like client, seen as pagecache needs it."""
+
+    def __init__(self, client: Any, stats: Stats):
+        self.client = client
+        self.stats = stats
+        self._warn_lock = threading.Lock()
+        self._quiet_until = 0.0
+        self._suppressed = 0
+
+    def failed(self, what: str) -> None:
+        """Count a failed cache operation and log it, rate-limited."""
+        self.stats.incr("memcached_errors")
+        now = time.monotonic()
+        with self._warn_lock:
+            if now < self._quiet_until:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._quiet_until = now + WARN_EVERY
+        more = f" ({suppressed} more cache errors since the last warning)" if suppressed else ""
+        log.warning("cache error, served without the cache: %s%s", what, more)
+
+    def load(self, key: str) -> Optional[entries.Entry]:
+        """The entry under ``key``, or None (missing, unreadable, or cache down)."""
+        try:
+            value = self.client.get(key)
+        except Exception as error:
+            self.failed(f"get {key}: {error!r}")
+            return None
+        if value is None:
+            return None
+        return entries.parse(value)
+
+    def save(self, key: str, item: entries.Entry, seconds: float) -> bool:
+        """Store ``item`` for ``seconds``; False if the cache did not take it."""
+        return self._set(key, item.to_bytes(), seconds)
+
+    def _set(self, key: str, value: bytes, seconds: float) -> bool:
+        try:
+            stored = self.client.set(key, value, time=expiry_time(seconds))
+        except Exception as error:
+            self.failed(f"set {key}: {error!r}")
+            return False
+        if not stored:
+            self.failed(f"set {key}: not stored ({len(value)} bytes)")
+            return False
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; False if it was not there or the cache did not answer."""
+        try:
+            return bool(self.client.delete(key))
+        except Exception as error:
+            self.failed(f"delete {key}: {error!r}")
+            return False
+
+    def lock(self, key: str, seconds: float) -> Union[str, bytes]:
+        """Take the lock ``key`` for at most ``seconds``: a token (bytes) if won,
+        else LOST, or UNAVAILABLE if the cache could not say."""
+        token = os.urandom(12).hex().encode("ascii")
+        try:
+            won = self.client.add(key, token, time=expiry_time(seconds))
+        except Exception as error:
+            self.failed(f"add {key}: {error!r}")
+            return UNAVAILABLE
+        if won is False:
+            return LOST
+        if won:
+            return token
+        # python-memcached answers 0 (not False) when no server could be asked.
+        self.failed(f"add {key}: no answer")
+        return UNAVAILABLE
+
+    def unlock(self, key: str, token: Union[str, bytes]) -> None:
+        """Release the lock ``key`` if ``token`` still holds it."""
+        if not isinstance(token, bytes):
+            return
+        try:
+            held = self.client.get(key)
+        except Exception as error:
+            self.failed(f"get {key}: {error!r}")
+            return
+        if isinstance(held, str):
+            held = held.encode("ascii", "replace")
+        if held == token:
+            self.delete(key)

@@ -1,0 +1,126 @@
+"""Real servers for the tests: memcached processes on free loopback ports, and a
+WSGI app served by waitress in a child process.
+
+Nothing here is a stand-in: each MemcachedServer is the ``memcached`` binary
+(``PAGECACHE_MEMCACHED`` or the one on PATH). Its absence is an error, not a
+skip: ``python3 dev.py test`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import List, Optional
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memcached_binary() -> str:
+    path = os.environ.get("PAGECACHE_MEMCACHED") or shutil.which("memcached")
+    if not path:
+        raise RuntimeError("memcached is not installed: run the tests with `python3 dev.py test`, "
+                           "which installs it, or set PAGECACHE_MEMCACHED to its path")
+    return path
+
+
+def wait_for_port(port: int, timeout: float = 10.0, process: Optional[subprocess.Popen] = None) -> None:
+    """Return once something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+            time.sleep(0.01)
+
+
+class MemcachedServer:
+    """One memcached process; can be stopped, killed, paused and restarted on its port."""
+
+    def __init__(self, port: Optional[int] = None, memory_mb: int = 64):
+        self.port = port or free_port()
+        self.memory_mb = memory_mb
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "MemcachedServer":
+        command = [memcached_binary(), "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
+                   "-m", str(self.memory_mb), "-t", "2", "-c", "1024"]
+        if os.geteuid() == 0:
+            command += ["-u", "root"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_port(self.port, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-conversation."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            if self.process.stderr:
+                self.process.stderr.close()
+            self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel, nothing is answered."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def restart(self) -> "MemcachedServer":
+        self.stop()
+        return self.start()
+
+    def command(self, line: str) -> bytes:
+        """Send one text-protocol command; the raw answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(line.encode("ascii") + b"\r\n")
+            data = b""
+            while not data.endswith((b"END\r\n", b"OK\r\n", b"STORED\r\n", b"DELETED\r\n",
+                                     b"NOT_FOUND\r\n", b"ERROR\r\n", b"NOT_STORED\r\n")):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+    def flush(self) -> None:
+        self.command("flush_all")
+
+    def raw_set(self, key: str, value: bytes, flags: int = 0, exptime: int = 0) -> None:
+        """Store bytes under ``key`` as any other program could (any flags)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(f"set {key} {flags} {exptime} {len(value)}\r\n".encode("ascii") + value + b"\r\n")
+            answer = s.recv(100)
+            assert answer == b"STORED\r\n", answer
+
+    def keys(self) -> List[str]:
+        """Every key the server holds (lru_crawler metadump)."""
+        answer = self.command("lru_crawler metadump all").decode("ascii", "replace")
+        return [line.split(" ", 1)[0][4:] for line in answer.splitlines() if line.startswith("key=")]
