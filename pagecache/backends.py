@@ -11,13 +11,12 @@ unpickled or decompressed.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .config import ConfigError
+from .config import ConfigError, server_address
 
 THIRTY_DAYS = 30 * 24 * 3600
 ITEM_OVERHEAD = 160  # bytes of Python objects per item, counted against the limit
@@ -100,20 +99,12 @@ class MemoryCache:
         return True
 
 
-_SERVER = re.compile(r"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
-
-
 def parse_servers(servers: Sequence[str]) -> List[Tuple[str, int]]:
     """``host:port`` strings as (host, port); a ConfigError names a bad one."""
-    result = []
-    for server in servers:
-        match = _SERVER.match(server)
-        port = int(match.group("port")) if match else 0
-        if not match or not 0 < port < 65536:
-            raise ConfigError(f"option memcached_servers: {server!r} is not host:port "
-                              "(for example 127.0.0.1:11211 or [::1]:11211)")
-        result.append((match.group("ip6") or match.group("host"), port))
-    return result
+    try:
+        return [server_address(server) for server in servers]
+    except ValueError as error:
+        raise ConfigError(f"option memcached_servers: {error}", "memcached_servers") from None
 
 
 def memcached_client(servers: Sequence[str], client: str = "python-memcached",

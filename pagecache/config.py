@@ -36,6 +36,7 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", ""}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _KEY_PREFIX = re.compile(r"^[!-~]{1,64}$")
+_SERVER = re.compile(r"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
 
 
 def duration(value: Any) -> float:
@@ -85,6 +86,23 @@ def words(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         return tuple(w for w in re.split(r"[\s,]+", value) if w)
     return tuple(str(w) for w in value)
+
+
+def server_address(text: str) -> Tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as (host, port)."""
+    match = _SERVER.match(text)
+    port = int(match.group("port")) if match else 0
+    if not match or not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not host:port (for example 127.0.0.1:11211 or [::1]:11211)")
+    return match.group("ip6") or match.group("host"), port
+
+
+def servers(value: Any) -> Tuple[str, ...]:
+    """memcached servers as ``host:port`` words, each checked."""
+    result = words(value)
+    for text in result:
+        server_address(text)
+    return result
 
 
 def positive_int(value: Any) -> int:
@@ -171,7 +189,7 @@ class Option(NamedTuple):
 
 
 OPTIONS: Dict[str, Option] = {
-    "memcached_servers": Option(words, (), "host:port of each memcached server; none: the embedded memory cache"),
+    "memcached_servers": Option(servers, (), "host:port of each memcached server; none: the embedded memory cache"),
     "memcached_client": Option(one_of("python-memcached", "pymemcache"), "python-memcached",
                                "which memcached client library talks to the servers"),
     "memcached_timeout": Option(duration, 0.25, "bound on every memcached operation, connecting included"),

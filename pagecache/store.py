@@ -28,7 +28,10 @@ UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the loc
 
 
 class Store:
-    """A memcached-like client, seen as pagecache needs it."""
+    """A memcached-like client, seen as pagecache needs it.
+
+    Expiry times are passed as the third positional argument of ``set`` and
+    ``add``, which python-memcached calls ``time``, pymemcache ``expire``."""
 
     def __init__(self, client: Any, stats: Stats):
         self.client = client
@@ -67,7 +70,7 @@ class Store:
 
     def _set(self, key: str, value: bytes, seconds: float) -> bool:
         try:
-            stored = self.client.set(key, value, time=expiry_time(seconds))
+            stored = self.client.set(key, value, expiry_time(seconds))
         except Exception as error:
             self.failed(f"set {key}: {error!r}")
             return False
@@ -89,7 +92,7 @@ class Store:
         else LOST, or UNAVAILABLE if the cache could not say."""
         token = os.urandom(12).hex().encode("ascii")
         try:
-            won = self.client.add(key, token, time=expiry_time(seconds))
+            won = self.client.add(key, token, expiry_time(seconds))
         except Exception as error:
             self.failed(f"add {key}: {error!r}")
             return UNAVAILABLE

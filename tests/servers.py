@@ -122,5 +122,58 @@ class MemcachedServer:
 
     def keys(self) -> List[str]:
         """Every key the server holds (lru_crawler metadump)."""
+        from urllib.parse import unquote
+
         answer = self.command("lru_crawler metadump all").decode("ascii", "replace")
-        return [line.split(" ", 1)[0][4:] for line in answer.splitlines() if line.startswith("key=")]
+        return [unquote(line.split(" ", 1)[0][4:]) for line in answer.splitlines() if line.startswith("key=")]
+
+
+def _serve(make_app, port: int, threads: int) -> None:
+    import logging
+    import waitress
+
+    logging.getLogger("waitress").setLevel(logging.ERROR)
+    waitress.serve(make_app(), host="127.0.0.1", port=port, threads=threads,
+                   channel_timeout=30, connection_limit=512, backlog=512, _quiet=True)
+
+
+class AppServer:
+    """A WSGI application served by waitress in a child process of its own.
+
+    ``make_app`` is called in the child (after fork), so cache clients and
+    threads belong to that process, as in a real multi-process deployment.
+    Objects made with the same ``multiprocessing`` context before
+    :meth:`start` (Values, Events, Barriers) are shared with it.
+    """
+
+    context = __import__("multiprocessing").get_context("fork")
+
+    def __init__(self, make_app, port: Optional[int] = None, threads: int = 16):
+        self.make_app = make_app
+        self.port = port or free_port()
+        self.threads = threads
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "AppServer":
+        self.process = self.context.Process(target=_serve, args=(self.make_app, self.port, self.threads),
+                                            daemon=True)
+        self.process.start()
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as when a worker is OOM-killed mid-request."""
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.join(10)
+            self.process = None

@@ -1,0 +1,140 @@
+"""The two backends: the embedded MemoryCache and memcached through both clients."""
+
+import threading
+import time
+
+import pytest
+
+from pagecache import ConfigError
+from pagecache.backends import (ITEM_OVERHEAD, THIRTY_DAYS, MemoryCache, expiry_time,
+                                memcached_client, parse_servers)
+
+from .conftest import Clock
+
+
+def test_expiry_times_follow_memcached_rules():
+    assert expiry_time(0) == 1            # never 0, which memcached reads as "forever"
+    assert expiry_time(0.2) == 1
+    assert expiry_time(30) == 30
+    assert expiry_time(30.1) == 31
+    assert expiry_time(THIRTY_DAYS) == THIRTY_DAYS
+    assert expiry_time(THIRTY_DAYS + 1, now=1_700_000_000) == 1_700_000_000 + THIRTY_DAYS + 1
+
+
+def test_memory_cache_get_set_delete_and_expiry():
+    clock = Clock()
+    cache = MemoryCache(1 << 20, clock)
+    assert cache.get("k") is None
+    assert cache.set("k", b"v", time=10) is True
+    assert cache.get("k") == b"v"
+    clock.advance(9.9)
+    assert cache.get("k") == b"v"
+    clock.advance(0.1)
+    assert cache.get("k") is None
+    assert cache.set("k", b"v") and cache.delete("k") is True and cache.delete("k") is False
+    cache.set("forever", b"v", time=0)
+    clock.advance(10 * THIRTY_DAYS)
+    assert cache.get("forever") == b"v"
+
+
+def test_memory_cache_absolute_expiry_beyond_thirty_days():
+    clock = Clock(1_700_000_000)
+    cache = MemoryCache(1 << 20, clock)
+    cache.set("k", b"v", time=int(clock.now) + 100)
+    clock.advance(99)
+    assert cache.get("k") == b"v"
+    clock.advance(1)
+    assert cache.get("k") is None
+
+
+def test_memory_cache_add_only_when_absent_or_expired():
+    clock = Clock()
+    cache = MemoryCache(1 << 20, clock)
+    assert cache.add("lock", b"a", time=5) is True
+    assert cache.add("lock", b"b", time=5) is False
+    assert cache.get("lock") == b"a"
+    clock.advance(5)
+    assert cache.add("lock", b"c", time=5) is True
+    assert cache.get("lock") == b"c"
+
+
+def test_memory_cache_evicts_oldest_writes_to_stay_within_its_limit():
+    value = b"x" * 1000
+    per_item = len("k00") + len(value) + ITEM_OVERHEAD
+    cache = MemoryCache(per_item * 10)
+    for number in range(25):
+        assert cache.set(f"k{number:02d}", value)
+        assert cache.size <= cache.limit
+    assert len(cache) == 10
+    assert cache.get("k14") is None and cache.get("k15") == value and cache.get("k24") == value
+
+
+def test_memory_cache_refuses_a_value_larger_than_its_limit():
+    cache = MemoryCache(1000)
+    assert cache.set("big", b"x" * 1000) is False
+    assert cache.get("big") is None and cache.size == 0
+
+
+def test_memory_cache_add_is_atomic_across_threads():
+    cache = MemoryCache(1 << 20)
+    threads, winners, barrier = 32, [], threading.Barrier(32)
+
+    def contend(number):
+        barrier.wait()
+        if cache.add("lock", str(number).encode(), time=30):
+            winners.append(number)
+
+    workers = [threading.Thread(target=contend, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(winners) == 1
+    assert cache.get("lock") == str(winners[0]).encode()
+
+
+def test_server_lists_are_checked():
+    assert parse_servers(["127.0.0.1:11211", "[::1]:11212", "cache-1.internal:11211"]) == [
+        ("127.0.0.1", 11211), ("::1", 11212), ("cache-1.internal", 11211)]
+    for bad in ["127.0.0.1", "host:0", "host:port", "a b:1"]:
+        with pytest.raises(ConfigError, match="memcached_servers"):
+            parse_servers([bad])
+
+
+@pytest.mark.parametrize("library", ["python-memcached", "pymemcache"])
+def test_memcached_clients_speak_to_a_real_server(memcached, library):
+    client = memcached_client([memcached.address], library, timeout=1, retry=1)
+    assert client.get("pagecache:test") is None
+    assert client.set("pagecache:test", b"\x00value\xff", 30)
+    assert client.get("pagecache:test") == b"\x00value\xff"
+    assert client.add("pagecache:test", b"other", 30) is False
+    assert client.add("pagecache:lock", b"token", 30) is True
+    assert client.delete("pagecache:lock")
+    assert client.get("pagecache:lock") is None
+
+
+@pytest.mark.parametrize("library", ["python-memcached", "pymemcache"])
+def test_memcached_expiry_is_honoured_by_the_server(memcached, library):
+    client = memcached_client([memcached.address], library, timeout=1, retry=1)
+    client.set("pagecache:short", b"v", expiry_time(1))
+    deadline = time.monotonic() + 5
+    while client.get("pagecache:short") is not None:
+        assert time.monotonic() < deadline, "memcached kept a 1-second item for 5 seconds"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("library", ["python-memcached", "pymemcache"])
+def test_pickled_and_compressed_values_are_never_loaded(memcached, library):
+    import pickle
+    import zlib
+
+    client = memcached_client([memcached.address], library, timeout=1, retry=1)
+    memcached.raw_set("pagecache:pickled", pickle.dumps({"a": 1}), flags=1)
+    memcached.raw_set("pagecache:compressed", zlib.compress(b"x" * 1000), flags=8)
+    for key in ("pagecache:pickled", "pagecache:compressed"):
+        try:
+            value = client.get(key)
+        except Exception:
+            continue  # an exception is a miss to pagecache's Store
+        assert value is None or isinstance(value, bytes)
+        assert value != {"a": 1} and value != b"x" * 1000

@@ -1,0 +1,74 @@
+"""The stored form: exact round trips, and anything else read as a miss."""
+
+import pickle
+
+import pytest
+
+from pagecache.entry import ERROR_ONLY, EXPIRED, FRESH, GRACE, Page, Pass, VaryMarker, parse
+
+
+def page(**changes):
+    fields = dict(status="200 OK", headers=[("Content-Type", "text/html"), ("X-A", "b: c")],
+                  body=b"<p>\x00\n\n binary \xff</p>", stored=1700000000.123456, ttl=30.0,
+                  grace=120.0, stale=0.0)
+    fields.update(changes)
+    return Page(**fields)
+
+
+@pytest.mark.parametrize("entry", [
+    page(),
+    page(body=b"", headers=[]),
+    page(status="404 Not Found", ttl=0.25, grace=0.0, stale=3600.0),
+    page(status="200 Ça va", headers=[("X-Latin", "caf\xe9")]),
+    VaryMarker(("accept-encoding", "accept-language"), "0123abcd", 1700000000.5, 151.0, 1700000001.0),
+    Pass(1700000000.0, "Cache-Control: private"),
+])
+def test_round_trip_is_exact(entry):
+    assert parse(entry.to_bytes()) == entry
+
+
+def test_states_follow_ttl_grace_and_stale_if_error():
+    p = page(stored=1000.0, ttl=30, grace=120, stale=60)
+    assert p.state(1000.0) is FRESH and p.state(1029.9) is FRESH
+    assert p.state(1030.0) is GRACE and p.state(1149.9) is GRACE
+    assert p.state(1150.0) is ERROR_ONLY and p.state(1209.9) is ERROR_ONLY
+    assert p.state(1210.0) is EXPIRED
+    assert p.age(1042.7) == 42 and p.age(990.0) == 0
+
+
+def test_soft_expiry_ends_the_ttl_and_keeps_the_grace():
+    p = page(stored=1000.0, ttl=30, grace=120).expired_at(1010.0)
+    assert p.state(1010.0) is GRACE and p.state(1129.9) is GRACE and p.state(1130.0) is EXPIRED
+
+
+@pytest.mark.parametrize("value", [
+    None, 0, 42, "text", b"", b"PC1", b"random bytes \x00\xff",
+    pickle.dumps({"status": "200 OK"}),
+    b"PC1 P 1 2 3 4 5\n200 OK\n\nshort",             # body length says 5, has 5: fine? no: see below
+    b"PC1 P 1 2 3 4 99\n200 OK\n\nbody",              # truncated
+    b"PC1 P nan 2 3 4 4\n200 OK\n\nbody",             # not a number we accept
+    b"PC1 P 1 2 3 4 4\nOK\n\nbody",                   # no status code
+    b"PC1 P 1 2 3 4 4\n200 OK\nBad Header\n\nbody",   # header without ': '
+    b"PC1 P 1 2 3 4 4\n200 OK\nX\r: y\n\nbody",       # invalid header name
+    b"PC1 Q 1\n",                                     # unknown kind
+    b"PC0 P 1 2 3 4 4\n200 OK\n\nbody",               # another format version
+    b"PC1 V 1 2 3 NOT-HEX\naccept",
+    b"PC1 V 1 2 3 abcd\nbad:name",
+])
+def test_anything_else_is_a_miss(value):
+    parsed = parse(value)
+    if value == b"PC1 P 1 2 3 4 5\n200 OK\n\nshort":
+        assert parsed == Page("200 OK", [], b"short", 1.0, 2.0, 3.0, 4.0)
+    else:
+        assert parsed is None
+
+
+def test_every_truncation_of_a_page_is_a_miss():
+    data = page().to_bytes()
+    for cut in range(len(data)):
+        assert parse(data[:cut]) is None, cut
+
+
+def test_bytearray_and_memoryview_are_read_like_bytes():
+    data = page().to_bytes()
+    assert parse(bytearray(data)) == page() == parse(memoryview(data))
