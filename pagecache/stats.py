@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict
+from typing import Dict, List, Tuple
 
 COUNTERS = (
     "hits",            # served fresh from the cache (local tier included)
@@ -26,22 +26,45 @@ COUNTERS = (
 
 
 class Stats:
-    """Thread-safe counters; :meth:`snapshot` gives them as a dict."""
+    """Counters kept per thread, so counting costs no lock on the hit path;
+    reading them adds the tables up. Tables of threads that have ended are
+    folded into one, so servers that start a thread per request don't grow it."""
 
     def __init__(self) -> None:
         self.started = time.time()
-        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._local = threading.local()
+        self._tables: List[Tuple[threading.Thread, Dict[str, int]]] = []
+        self._retired = dict.fromkeys(COUNTERS, 0)
         self._lock = threading.Lock()
 
-    def incr(self, name: str, amount: int = 1) -> None:
+    def _table(self) -> Dict[str, int]:
+        table = dict.fromkeys(COUNTERS, 0)
         with self._lock:
-            self._counts[name] += amount
+            alive = []
+            for thread, old in self._tables:
+                if thread.is_alive():
+                    alive.append((thread, old))
+                else:
+                    for name, count in old.items():
+                        self._retired[name] += count
+            alive.append((threading.current_thread(), table))
+            self._tables = alive
+        self._local.table = table
+        return table
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        try:
+            table = self._local.table
+        except AttributeError:
+            table = self._table()
+        table[name] += amount
 
     def __getitem__(self, name: str) -> int:
-        return self._counts[name]
+        return self.snapshot()[name]
 
     def snapshot(self) -> Dict[str, float]:
         with self._lock:
-            counts = dict(self._counts)
+            tables = [self._retired] + [table for _, table in self._tables]
+            counts: Dict[str, float] = {name: sum(t[name] for t in tables) for name in COUNTERS}
         counts["uptime"] = round(time.time() - self.started, 3)
         return counts
