@@ -80,11 +80,13 @@ def boolean(value: Any) -> bool:
 
 
 def words(value: Any) -> Tuple[str, ...]:
-    """A list from a string separated by whitespace or commas, or an iterable."""
+    """A list from a string separated by whitespace or commas (a ``#`` starts a
+    comment to the end of its line), or an iterable."""
     if value is None:
         return ()
     if isinstance(value, str):
-        return tuple(w for w in re.split(r"[\s,]+", value) if w)
+        text = "\n".join(line.split("#", 1)[0] for line in value.splitlines())
+        return tuple(w for w in re.split(r"[\s,]+", text) if w)
     return tuple(str(w) for w in value)
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger("pagecache")
 HIT, STALE, MISS, BYPASS = "HIT", "STALE", "MISS", "BYPASS"
 POLL_FIRST, POLL_MAX = 0.005, 0.05  # seconds between looks at memcached while waiting
 MAX_RESTARTS = 2
+ERROR_PASS_TTL = 1.0  # seconds a URL that answered 5xx (with no stale copy) skips the lock
 
 StartResponse = Callable[..., Any]
 
@@ -205,7 +206,7 @@ class PageCacheMiddleware:
         key = self.keys.page(target.digest)
         flight, leader = self.flights.join(key)
         if not leader:
-            return self._follow(environ, start_response, rule, flight, started, restarts)
+            return self._follow(environ, start_response, rule, flight, fallback, started, restarts)
         outcome: Any = None
         try:
             token = self._lock(target)
@@ -226,20 +227,20 @@ class PageCacheMiddleware:
                 return self._restart(environ, start_response, rule, started, restarts)
             if token is None:
                 self.stats.incr("wait_timeouts")
-                return self._unstored(environ, start_response, started, "wait_timeout reached")
+                return self._unstored(environ, start_response, started, "wait_timeout reached", fallback)
             response, outcome = self._rebuild_for(environ, start_response, rule, target, token,
                                                   fallback, started)
             return response
         finally:
             self.flights.land(key, flight, outcome)
 
-    def _follow(self, environ: Dict, start_response: StartResponse, rule: Rule,
-                flight: Any, started: float, restarts: int) -> Iterable[bytes]:
+    def _follow(self, environ: Dict, start_response: StartResponse, rule: Rule, flight: Any,
+                fallback: Optional[Page], started: float, restarts: int) -> Iterable[bytes]:
         """Wait for the page this process's leader computes or awaits."""
         self.stats.incr("waits")
         if not flight.done.wait(self.wait_timeout):
             self.stats.incr("wait_timeouts")
-            return self._unstored(environ, start_response, started, "wait_timeout reached")
+            return self._unstored(environ, start_response, started, "wait_timeout reached", fallback)
         outcome = flight.outcome
         if type(outcome) is _Outcome:
             if outcome.variant == self._variant(environ, outcome.page):
@@ -253,7 +254,7 @@ class PageCacheMiddleware:
             return self.app(environ, self._labelled(start_response, MISS))
         if outcome is _RESTART:
             return self._restart(environ, start_response, rule, started, restarts)
-        return self._unstored(environ, start_response, started, "the request computing it failed")
+        return self._unstored(environ, start_response, started, "the request computing it failed", fallback)
 
     def _restart(self, environ: Dict, start_response: StartResponse, rule: Rule,
                  started: float, restarts: int) -> Iterable[bytes]:
@@ -263,11 +264,30 @@ class PageCacheMiddleware:
         return self._lookup(environ, start_response, rule, started, restarts + 1)
 
     def _unstored(self, environ: Dict, start_response: StartResponse, started: float,
-                  why: str) -> Iterable[bytes]:
-        """Let the application answer this request, storing nothing."""
+                  why: str, fallback: Optional[Page] = None) -> Iterable[bytes]:
+        """Let the application answer this request, storing nothing; if it
+        raises or answers 5xx, ``fallback`` (a page kept for stale_if_error)
+        is served instead."""
         self.stats.incr("misses")
-        self._decided(environ, MISS, started, why)
-        return self.app(environ, self._labelled(start_response, MISS))
+        if fallback is None:
+            self._decided(environ, MISS, started, why)
+            return self.app(environ, self._labelled(start_response, MISS))
+        try:
+            captured = capture(self.app, environ, self.max_entry_size, start_response)
+        except Exception as error:
+            failure = f"{type(error).__name__}: {error}"
+            log.error("computing %s failed; serving the stale copy", _url(environ), exc_info=True)
+        else:
+            if http.status_code(captured.status) < 500 or captured.sent:
+                self._decided(environ, MISS, started, why)
+                return captured.respond(start_response, self._labels[MISS])
+            captured.close()
+            failure = f"status {captured.status}"
+            log.error("computing %s answered %s; serving the stale copy", _url(environ), captured.status)
+        self.stats.incr("app_errors")
+        self.stats.incr("stale")
+        self._decided(environ, STALE, started, f"{why}; the application failed: {failure}")
+        return self._send(environ, start_response, fallback, STALE, self.clock())
 
     # -- locks and waiting ------------------------------------------------
 
@@ -365,9 +385,13 @@ class PageCacheMiddleware:
             reason = self._unstorable(captured)
             if reason is not None:
                 self.stats.incr("uncacheable")
+                remember = self.uncacheable_ttl
                 if code >= 500:
+                    # long enough to release the requests waiting now, short
+                    # enough not to keep a recovered page uncached
                     self.stats.incr("app_errors")
-                self.store.save(self.keys.page(target.digest), Pass(now, reason), self.uncacheable_ttl)
+                    remember = min(remember, ERROR_PASS_TTL)
+                self.store.save(self.keys.page(target.digest), Pass(now, reason), remember)
                 return _PASSED, (captured, reason)
             body = captured.body
             captured.close()

@@ -92,7 +92,10 @@ def parse_rules(spec: RuleSpec) -> Rules:
 
 def _parse_table(text: str) -> List[Rule]:
     rules = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    if lines and not lines[0].strip():
+        del lines[0]  # "cached_urls =" with the rules on the lines below: they start at line 1
+    for number, raw in enumerate(lines, 1):
         fields = raw.split()
         if not fields or fields[0].startswith("#"):
             continue

@@ -41,6 +41,7 @@ def test_booleans_words_statuses():
         boolean("maybe")
     assert words("a, b\n  c") == ("a", "b", "c")
     assert words(["x", "y"]) == ("x", "y")
+    assert words("sessionid   # the login cookie\n auth_tkt") == ("sessionid", "auth_tkt")
     assert statuses("200 404") == frozenset({200, 404})
     with pytest.raises(ValueError):
         statuses("200 OK")

@@ -146,7 +146,7 @@ def test_percent_signs_in_a_regex_are_written_doubled(tmp_path):
 @pytest.mark.parametrize("options, words, line", [
     ("cached_urls = / 30 60\nwait_timout = 5s\n", "unknown option 'wait_timout'", 8),
     ("cached_urls = / 30 60\nwait_timeout = soon\n", "option wait_timeout: 'soon' is not a duration", 8),
-    ("cached_urls =\n    /a 30 60\n    /b 30 sixty\n", "cached_urls line 3: '/b 30 sixty'", 9),
+    ("cached_urls =\n    /a 30 60\n    /b 30 sixty\n", "cached_urls line 2: '/b 30 sixty'", 9),
     ("cached_urls =\n    /a 30 60\n    # a comment\n    ~([ 30 60\n", "bad regular expression", 10),
     ("key_prefix = x\n", "option cached_urls is missing", None),
     ("cached_urls = / 1 1\nmemcached_servers = nowhere\n", "option memcached_servers: 'nowhere'", 8),
