@@ -120,15 +120,21 @@ class PageCacheMiddleware:
         header = settings["status_header"]
         self._labels = {label: [(header, label)] if header else [] for label in (HIT, STALE, MISS, BYPASS)}
         self._dropped_headers = (header,) if header else ()
+        self._special = bool(self.purge_allowed or self.stats_path)
+        self._page_prefix = self.keys.page("")
 
     # -- the flow ---------------------------------------------------------
 
     def __call__(self, environ: Dict, start_response: StartResponse) -> Iterable[bytes]:
-        if self.purge_allowed and environ.get("REQUEST_METHOD") == "PURGE":
-            return self._http_purge(environ, start_response)
-        if self.stats_path and environ.get("PATH_INFO") == self.stats_path:
-            return self._serve_stats(environ, start_response)
-        rule = self.rules.match(self._path(environ), environ.get("QUERY_STRING", ""))
+        if self._special:
+            if self.purge_allowed and environ.get("REQUEST_METHOD") == "PURGE":
+                return self._http_purge(environ, start_response)
+            if self.stats_path and environ.get("PATH_INFO") == self.stats_path:
+                return self._serve_stats(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        if not path.isascii():
+            path = self._decode(path)
+        rule = self.rules.match(path, environ.get("QUERY_STRING", ""))
         if rule is None:
             return self.app(environ, start_response)
         started = time.perf_counter()
@@ -142,15 +148,20 @@ class PageCacheMiddleware:
     def _lookup(self, environ: Dict, start_response: StartResponse, rule: Rule,
                 started: float, restarts: int = 0) -> Iterable[bytes]:
         now = self.clock()
-        primary = self.keys.digest(environ)
-        target = _Target(primary, primary, None)
-        entry = self._load(self.keys.page(primary), now)
+        primary = digest = self.keys.digest(environ)
+        entry = self._load(self._page_prefix + primary, now)
+        if type(entry) is Page and now - entry.stored < entry.ttl:  # fresh: the hit path
+            self.stats.incr("hits")
+            self._decided(environ, HIT, started)
+            return self._send(environ, start_response, entry, HIT, now)
+        marker = None
         if type(entry) is VaryMarker:
-            target.marker = entry
-            target.digest = self.keys.variant(primary, entry.generation, http.variant_of(environ, entry.names))
-            entry = self._load(self.keys.page(target.digest), now)
-            if type(entry) is Page and entry.stored < target.marker.purged:
-                entry = entry.expired_at(target.marker.purged)
+            marker = entry
+            digest = self.keys.variant(primary, marker.generation, http.variant_of(environ, marker.names))
+            entry = self._load(self._page_prefix + digest, now)
+            if type(entry) is Page and entry.stored < marker.purged:
+                entry = entry.expired_at(marker.purged)
+        target = _Target(primary, digest, marker)
         fallback = None
         if type(entry) is Page:
             state = entry.state(now)
@@ -435,29 +446,31 @@ class PageCacheMiddleware:
     # -- serving ----------------------------------------------------------
 
     def _load(self, key: str, now: float) -> Any:
-        if self.local is not None:
-            entry = self.local.get(key, now)
-            if entry is not None:
-                if type(entry) is Page:
-                    self.stats.incr("local_hits")
-                return entry
-            entry = self.store.load(key)
-            if entry is not None and (type(entry) is not Page or entry.state(now) is FRESH):
-                self.local.put(key, entry, now)
+        if self.local is None:
+            return self.store.load(key)
+        entry = self.local.get(key, now)
+        if entry is not None:
+            if type(entry) is Page:
+                self.stats.incr("local_hits")
             return entry
-        return self.store.load(key)
+        entry = self.store.load(key)
+        if entry is not None and (type(entry) is not Page or entry.state(now) is FRESH):
+            self.local.put(key, entry, now)
+        return entry
 
     def _send(self, environ: Dict, start_response: StartResponse, page: Page, label: str,
               now: float, extra: http.Headers = ()) -> List[bytes]:
         info = self._labels[label]
         if label is not MISS:
-            info = [("Age", str(page.age(now)))] + info
+            age = int(now - page.stored)
+            info = [("Age", str(age) if age > 0 else "0")] + info
+        if extra:
+            info = list(extra) + info
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
                 and http.not_modified(environ, page):
-            start_response("304 Not Modified", http.not_modified_headers(page.headers) + list(extra) + info)
+            start_response("304 Not Modified", http.not_modified_headers(page.headers) + info)
             return []
-        headers = page.headers + list(extra) + info
-        start_response(page.status, headers)
+        start_response(page.status, page.headers + info)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
         return [page.body]
@@ -475,14 +488,12 @@ class PageCacheMiddleware:
         names = http.vary_names(page.headers)
         return http.variant_of(environ, names) if names else None
 
-    def _path(self, environ: Dict) -> str:
-        path = environ.get("PATH_INFO", "")
-        if not path.isascii():
-            try:
-                path = path.encode("latin-1").decode(self.charset, "replace")
-            except UnicodeEncodeError:
-                pass
-        return path
+    def _decode(self, path: str) -> str:
+        """A non-ASCII PATH_INFO (bytes as latin-1, per WSGI) decoded with ``charset``."""
+        try:
+            return path.encode("latin-1").decode(self.charset, "replace")
+        except UnicodeEncodeError:
+            return path
 
     def _decided(self, environ: Dict, outcome: str, started: float, why: str = "") -> None:
         if log.isEnabledFor(logging.DEBUG):

@@ -1,0 +1,210 @@
+"""Benchmark 2: requests per second of cached hits under a real server.
+
+Each application below is served by waitress (same number of threads) in a
+process of its own (:class:`tests.servers.AppServer`), and a load generator in
+another process (``wrk -t1`` when ``PAGECACHE_WRK`` names it, as ``dev.py
+bench`` does; else the Python one in ``common.py``) asks it for a 5 KB page
+over keep-alive connections on loopback for a few seconds. The two sides of a
+comparison run in turns (a b, b a, a b, ...); the figure is the median of the
+per-turn ratios, so a burst of other work on the machine spoils one turn, not
+the result. Both sides' memcached clients have the same settings (2 s timeout,
+1 s retry). The server process's CPU time per request is shown as well (an
+information line, steadier than requests/s when the machine is busy).
+
+1. pagecache as configured from an INI file (``paste.deploy.loadapp``:
+   ``egg:pagecache#main`` in front of the page's application), every request a
+   hit in memcached, against a hand-written application that does one
+   ``get`` of the page's body with the same client and returns it.
+   Target: at least 0.95x. Done with python-memcached and with pymemcache.
+2. The same with ``local_ttl = 1`` (hits served from process memory), against
+   an application returning a constant body. Target: at least 0.9x.
+
+    python bench/run.py throughput [--seconds S] [--repeats N] [--connections C]
+                                   [--threads T] [--clients python-memcached,pymemcache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import urllib.request
+from typing import Callable, Dict, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+from pagecache.backends import memcached_client  # noqa: E402
+from tests.servers import AppServer  # noqa: E402
+
+PATH = "/articles/42"
+BODY = (b"<!doctype html><title>bench</title>" + b"x" * common.PAGE_SIZE)[:common.PAGE_SIZE]
+RAW_KEY = "bench:raw-page"
+# Both sides' clients: generous, so that a busy machine's hiccup is not taken
+# for a dead server (which would turn hits into misses for memcached_retry).
+TIMEOUT, RETRY = 2.0, 1.0
+
+INI = """\
+[pipeline:main]
+pipeline = pagecache page
+
+[filter:pagecache]
+use = egg:pagecache#main
+memcached_servers = {server}
+memcached_client = {library}
+memcached_timeout = {timeout}
+memcached_retry = {retry}
+key_prefix = bench-{name}
+cached_urls =
+    /articles/   1h   1h
+{extra}
+[app:page]
+use = call:throughput:page_app_factory
+"""
+
+
+def page_app_factory(global_conf: Dict[str, str]) -> Callable:
+    """The application behind the cache (``use = call:throughput:page_app_factory``)."""
+    def page(environ: Dict, start_response: Callable) -> List[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [BODY]
+    return page
+
+
+def constant_app(environ: Dict, start_response: Callable) -> List[bytes]:
+    """The least a WSGI application can do: a constant 5 KB page."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(BODY)))])
+    return [BODY]
+
+
+def get_app_factory(server: str, library: str) -> Callable[[], Callable]:
+    """A hand-written cache: one ``get`` of the page with the client pagecache
+    builds for ``library`` (same timeouts), and the body as the answer."""
+    def make() -> Callable:
+        client = memcached_client([server], library, timeout=TIMEOUT, retry=RETRY)
+
+        def app(environ: Dict, start_response: Callable) -> List[bytes]:
+            body = client.get(RAW_KEY)
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        return app
+    return make
+
+
+def filter_factory(directory: str, name: str, server: str, library: str, local_ttl: float = 0) -> Callable:
+    """pagecache as a user configures it: an INI file loaded by PasteDeploy."""
+    extra = f"local_ttl = {local_ttl:g}\n" if local_ttl else ""
+    path = os.path.join(directory, f"{name}.ini")
+    with open(path, "w") as f:
+        f.write(INI.format(server=server, library=library, name=name, extra=extra,
+                           timeout=TIMEOUT, retry=RETRY))
+
+    def make() -> Callable:
+        from paste.deploy import loadapp
+        return loadapp("config:" + path)
+    return make
+
+
+def check(url: str, cached: bool) -> None:
+    """Ask once (filling the cache) and make sure the next answer is a hit."""
+    for attempt in range(2 if cached else 1):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+            label = response.headers.get("X-Cache")
+    if body != BODY:
+        raise RuntimeError(f"{url} answered a wrong body ({len(body)} bytes)")
+    if cached and label != "HIT":
+        raise RuntimeError(f"{url} was not served from the cache (X-Cache: {label})")
+
+
+class Side:
+    """What one side of a comparison got in each of its runs."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rates: List[float] = []
+        self.cpu: List[float] = []   # server CPU seconds per request
+
+    def summary(self) -> str:
+        return (f"{self.name}: median {statistics.median(self.rates):.0f} req/s "
+                f"(runs: {', '.join(f'{r:.0f}' for r in self.rates)}), server CPU "
+                f"{statistics.median(self.cpu) * 1e6:.0f} µs/request")
+
+
+def run_side(app_server: AppServer, side: Side, options: argparse.Namespace, seconds: float) -> float:
+    pid = app_server.process.pid
+    cpu_before = common.cpu_seconds(pid)
+    got = common.load(app_server.url + PATH, options.connections, seconds)
+    side.rates.append(got.rps)
+    side.cpu.append((common.cpu_seconds(pid) - cpu_before) / max(1, got.requests))
+    return got.rps
+
+
+def compare(servers: Dict[str, AppServer], a: str, b: str,
+            options: argparse.Namespace) -> Tuple[float, float]:
+    """The median over runs in turns (a b, b a, a b, ...) of the ratio of the
+    requests/s of ``a`` to those of ``b`` in the same turn; and the ratio of
+    their median server CPU time per request (steadier on a busy machine)."""
+    for name in (a, b):  # warm up both (connections, caches, the CPU governor)
+        common.load(servers[name].url + PATH, options.connections, 1)
+    sides = {a: Side(a), b: Side(b)}
+    ratios = []
+    for repeat in range(options.repeats):
+        got = {}
+        for name in ((a, b) if repeat % 2 == 0 else (b, a)):
+            got[name] = run_side(servers[name], sides[name], options, options.seconds)
+        ratios.append(got[a] / got[b])
+    for side in sides.values():
+        common.note(side.summary())
+    cpu_a, cpu_b = (statistics.median(sides[name].cpu) for name in (a, b))
+    common.note(f"req/s ratios of the turns: {', '.join(f'{r:.3f}' for r in ratios)}")
+    return statistics.median(ratios), cpu_a / cpu_b
+
+
+def main(args: list) -> int:
+    parser = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=3, help="length of one run (whole seconds)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs of each side")
+    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--clients", default=",".join(common.CLIENTS), help="memcached client libraries")
+    options = parser.parse_args(args)
+    libraries = [name for name in options.clients.split(",") if name]
+    print(f"throughput: waitress ({options.threads} threads) in its own process, "
+          f"{common.load_generator_name()}, {options.connections} connections, "
+          f"{options.repeats} x {options.seconds:g}s per side, 5 KB page")
+    with common.memcached() as server, tempfile.TemporaryDirectory(prefix="pagecache-bench-") as directory:
+        seed = memcached_client([server.address], "python-memcached")
+        if not seed.set(RAW_KEY, BODY, time=0):
+            raise RuntimeError("could not store the hand-written app's page")
+        makers: Dict[str, Callable] = {"constant app": lambda: constant_app}
+        for library in libraries:
+            makers[f"pagecache/{library}"] = filter_factory(directory, library, server.address, library)
+            makers[f"get app/{library}"] = get_app_factory(server.address, library)
+        makers["pagecache/local_ttl=1"] = filter_factory(directory, "local", server.address,
+                                                          "python-memcached", local_ttl=1)
+        servers = {name: AppServer(make, threads=options.threads) for name, make in makers.items()}
+        try:
+            for name, app_server in servers.items():
+                app_server.start()
+                check(app_server.url + PATH, cached=name.startswith("pagecache"))
+            for library in libraries:
+                ratio, cpu = compare(servers, f"pagecache/{library}", f"get app/{library}", options)
+                common.result(f"hits via {library} / get-and-return app (req/s)", ratio, ">= 0.95")
+                common.result("  same, server CPU per request (lower is better)", cpu)
+            ratio, cpu = compare(servers, "pagecache/local_ttl=1", "constant app", options)
+            common.result("local-tier hits (local_ttl=1) / constant app (req/s)", ratio, ">= 0.9")
+            common.result("  same, server CPU per request (lower is better)", cpu)
+        finally:
+            for app_server in servers.values():
+                app_server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
