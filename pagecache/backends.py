@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from .config import ConfigError, server_address
 
 THIRTY_DAYS = 30 * 24 * 3600
-ITEM_OVERHEAD = 160  # bytes of Python objects per item, counted against the limit
+ITEM_OVERHEAD = 320  # bytes of Python objects per item (measured: about 280), counted against the limit
 
 
 def expiry_time(seconds: float, now: Optional[float] = None) -> int:
@@ -128,11 +128,22 @@ def _refuse_unpickling(*args: Any, **kwargs: Any) -> Any:
     raise ValueError("pagecache never unpickles or decompresses cached values")
 
 
+_PEER_CLOSED = "connection closed in readline()"  # python-memcached's reason when recv() gives b""
+
+
 def _python_memcached_client(addresses, timeout, retry, on_error):
     import memcache
 
     class Host(memcache._Host):
         def mark_dead(self, reason):
+            if reason == _PEER_CLOSED:
+                # The server closed a connection this thread held (it was
+                # restarted, or dropped an idle client). python-memcached
+                # reconnects once right after this, and calls mark_dead again
+                # if that fails too: only the socket goes, not the server for
+                # dead_retry seconds.
+                self.close_socket()
+                return
             super().mark_dead(reason)
             if on_error is not None:
                 on_error(f"memcached {self.ip}:{self.port}: {reason}")
@@ -155,14 +166,34 @@ def _pymemcache_client(addresses, timeout, retry):
 
     class Client(HashClient):
         """HashClient that brings each dead server back ``retry`` seconds after
-        it failed (HashClient itself checks all of them once per period)."""
+        it failed (HashClient itself checks all of them once per period), and
+        whose dead-server bookkeeping, shared by the threads of a process, is
+        changed under a lock (HashClient's raises ValueError or KeyError when
+        two threads see a server fail at once)."""
+
+        def __init__(self, *args, **kwargs):
+            self._state = threading.RLock()
+            super().__init__(*args, **kwargs)
 
         def _retry_dead(self):
             now = time.time()
-            for server, dead_since in list(self._dead_clients.items()):
-                if now - dead_since > self.dead_timeout:
-                    self._dead_clients.pop(server, None)
-                    self.add_server(server)
+            with self._state:
+                for server, dead_since in list(self._dead_clients.items()):
+                    if now - dead_since > self.dead_timeout:
+                        del self._dead_clients[server]
+                        self.add_server(server)
+
+        def _mark_failed_server(self, server):
+            with self._state:
+                if self._make_client_key(server) in self.hasher.nodes:  # else: already taken out
+                    super()._mark_failed_server(server)
+
+        def remove_server(self, server, port=None):
+            with self._state:
+                if self._make_client_key(server if port is None else (server, port)) in self.hasher.nodes:
+                    super().remove_server(server, port)
+                else:
+                    self._failed_clients.pop(server, None)
 
     return Client(addresses, connect_timeout=timeout, timeout=timeout, dead_timeout=retry,
                   retry_attempts=0, use_pooling=True, ignore_exc=False, default_noreply=False)

@@ -31,6 +31,7 @@ class Captured:
         self.rest: Optional[Iterator[Any]] = None
         self._iterable: Any = None
         self._client_write: Optional[Callable[[bytes], Any]] = None
+        self._client_start: Optional[StartResponse] = None  # once sent: later calls go there
 
     @property
     def body(self) -> bytes:
@@ -47,7 +48,10 @@ class Captured:
     def respond(self, start_response: StartResponse, extra_headers: Headers = ()) -> Iterable[bytes]:
         """Hand the response to the client unchanged (plus ``extra_headers``)."""
         if not self.sent:
-            start_response(self.status, list(self.headers) + list(extra_headers), self.exc_info)
+            self._client_write = start_response(self.status, list(self.headers) + list(extra_headers),
+                                                self.exc_info)
+            self._client_start = start_response
+            self.sent = True
         return _Relay(self)
 
 
@@ -92,15 +96,18 @@ def capture(app: Callable, environ: Dict, limit: int,
         if captured.size > limit and client_start_response is not None:
             captured._client_write = client_start_response(
                 captured.status, list(captured.headers), captured.exc_info)
+            captured._client_start = client_start_response
             captured.sent = True
             chunks, captured.chunks = captured.chunks, []
             for chunk in chunks:
                 captured._client_write(chunk)
 
     def start_response(status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
+        if captured.sent:
+            # The response is the client's now (an error page after streaming
+            # began, say): its server decides, as it would without the cache.
+            return captured._client_start(status, headers, exc_info)
         if exc_info is not None:
-            if captured.sent:
-                raise exc_info[1].with_traceback(exc_info[2])
             captured.exc_info = exc_info
         elif captured.status is not None:
             raise AssertionError("start_response called a second time without exc_info")

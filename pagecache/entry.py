@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import List, Optional, Tuple, Union
+import threading
+from typing import Dict, List, Optional, Tuple, Union
 
 Headers = List[Tuple[str, str]]
 
@@ -29,6 +30,7 @@ FRESH, GRACE, ERROR_ONLY, EXPIRED = "fresh", "grace", "error-only", "expired"
 
 _HEAD = re.compile(rb"[1-5]\d\d(?: [^\r\n]*)?(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+: [^\r\n]*)*\Z")
 _TOKEN = re.compile(r"^[0-9a-f]{1,32}$")
+_REASON = re.compile(rb"[ -~]{0,200}\n\Z")  # what Pass.to_bytes writes after its first line
 
 
 def _number(text: bytes) -> float:
@@ -121,8 +123,9 @@ class VaryMarker:
         self.purged = purged
 
     def to_bytes(self) -> bytes:
+        # the final newline marks the end: a truncated copy does not parse
         return MAGIC + (f"V {self.stored!r} {self.life!r} {self.purged!r} {self.generation}\n"
-                        + " ".join(self.names)).encode("ascii")
+                        + " ".join(self.names) + "\n").encode("ascii")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VaryMarker) and all(
@@ -143,7 +146,7 @@ class Pass:
 
     def to_bytes(self) -> bytes:
         reason = re.sub(r"[^!-~ ]", "?", self.reason)[:200]
-        return MAGIC + f"U {self.stored!r}\n{reason}".encode("ascii")
+        return MAGIC + f"U {self.stored!r}\n{reason}\n".encode("ascii")  # newline: the end
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pass) and (self.stored, self.reason) == (other.stored, other.reason)
@@ -155,12 +158,46 @@ class Pass:
 Entry = Union[Page, VaryMarker, Pass]
 
 
+# Pages parsed lately, by the bytes before their body. The same stored page is
+# read again and again (every hit), and the bytes before its body include its
+# stored time: when they and the body are those of a page parsed before, that
+# page (immutable) is the answer, without parsing again or copying the body.
+# Bounded in number and in body bytes; filled only with what parse() accepted.
+_PARSED: Dict[bytes, Page] = {}
+_PAGE_START = MAGIC + b"P "
+_PARSED_MAX = 512             # pages
+_PARSED_BYTES = 4 << 20       # bytes of bodies, all pages together
+_parsed_lock = threading.Lock()
+_parsed_size = 0
+
+
+def _remember(head: bytes, page: Page) -> None:
+    """Keep ``page`` for :func:`parse`, dropping the oldest beyond the bounds."""
+    global _parsed_size
+    size = len(page.body)
+    if size > _PARSED_BYTES // 8:
+        return
+    with _parsed_lock:
+        old = _PARSED.pop(head, None)
+        if old is not None:
+            _parsed_size -= len(old.body)
+        while _PARSED and (len(_PARSED) >= _PARSED_MAX or _parsed_size + size > _PARSED_BYTES):
+            _parsed_size -= len(_PARSED.pop(next(iter(_PARSED))).body)
+        _PARSED[head] = page
+        _parsed_size += size
+
+
 def parse(value: object) -> Optional[Entry]:
     """The entry ``value`` holds, or None if it is not exactly one pagecache wrote."""
     if type(value) is not bytes:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             return None
         value = bytes(value)
+    if value.startswith(_PAGE_START):
+        end = value.find(b"\n\n")
+        known = _PARSED.get(value[:end]) if end > 0 else None
+        if known is not None and len(value) - end - 2 == len(known.body) and value.endswith(known.body):
+            return known
     if not value.startswith(MAGIC):
         return None
     try:
@@ -169,15 +206,15 @@ def parse(value: object) -> Optional[Entry]:
         kind = fields[0]
         if kind == b"P" and len(fields) == 6:
             return _parse_page(value, newline, fields)
-        if kind == b"V" and len(fields) == 5:
-            names = tuple(value[newline + 1:].decode("ascii").split(" "))
+        if kind == b"V" and len(fields) == 5 and value.endswith(b"\n"):
+            names = tuple(value[newline + 1:-1].decode("ascii").split(" "))
             generation = fields[4].decode("ascii")
             if not _TOKEN.match(generation) or not all(_valid_name(n) for n in names):
                 return None
             return VaryMarker(names, generation, _number(fields[1]), _number(fields[2]),
                               _number(fields[3]))
-        if kind == b"U" and len(fields) == 2:
-            return Pass(_number(fields[1]), value[newline + 1:].decode("ascii"))
+        if kind == b"U" and len(fields) == 2 and _REASON.match(value, newline + 1):
+            return Pass(_number(fields[1]), value[newline + 1:-1].decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         return None
     return None
@@ -196,8 +233,10 @@ def _parse_page(value: bytes, newline: int, fields: List[bytes]) -> Optional[Pag
     lines = block.decode("latin-1").split("\n")
     status = lines[0]
     headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-    return Page(status, headers, value[end + 2:], _number(fields[1]), _number(fields[2]),
+    page = Page(status, headers, value[end + 2:], _number(fields[1]), _number(fields[2]),
                 _number(fields[3]), _number(fields[4]))
+    _remember(value[:end], page)
+    return page
 
 
 _NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -12,10 +12,12 @@ key: ``<key_prefix>:<kind>:<digest>``.
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 from urllib.parse import unquote_plus, unquote_to_bytes, urlsplit
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+_MEMO_SIZE = 2048    # request URLs whose digest each Keys remembers
+_MEMO_LENGTH = 512   # longest URL (host + path + query) remembered
 
 
 def _bytes(text: str) -> bytes:
@@ -47,6 +49,8 @@ class Keys:
         self._normalise = bool(self.ignore_query) or sort_query
         self._page = prefix + ":p:"
         self._lock = prefix + ":l:"
+        # digests of recent request URLs: a hot page's digest is computed once
+        self._memo: Dict[Tuple[str, str, str, str], str] = {}
 
     def digest(self, environ: Dict) -> str:
         """The digest of the page a request asks for."""
@@ -55,7 +59,16 @@ class Keys:
         if not host:
             host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        return self._url_digest(scheme, _host(scheme, host), _bytes(path), environ.get("QUERY_STRING", ""))
+        query = environ.get("QUERY_STRING", "")
+        url = (scheme, host, path, query)
+        digest = self._memo.get(url)
+        if digest is None:
+            digest = self._url_digest(scheme, _host(scheme, host), _bytes(path), query)
+            if len(host) + len(path) + len(query) <= _MEMO_LENGTH:
+                if len(self._memo) >= _MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[url] = digest
+        return digest
 
     def digest_of_url(self, url: str) -> str:
         """The digest of the page at an absolute URL, as a request for it would get."""

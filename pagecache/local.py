@@ -12,7 +12,9 @@ import threading
 from collections import OrderedDict
 from typing import Optional, Tuple
 
-from .entry import FRESH, Entry, Page
+from .entry import Entry, Page
+
+_FOREVER = float("inf")
 
 
 class LocalTier:
@@ -21,7 +23,9 @@ class LocalTier:
     def __init__(self, ttl: float, size: int):
         self.ttl = ttl
         self.size = size
-        self._items: "OrderedDict[str, Tuple[Entry, float]]" = OrderedDict()
+        # key -> (entry, read at, page stored at, page TTL); for entries that
+        # are not pages (0.0, inf), so that one test covers both kinds
+        self._items: "OrderedDict[str, Tuple[Entry, float, float, float]]" = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str, now: float) -> Optional[Entry]:
@@ -29,8 +33,9 @@ class LocalTier:
         item = self._items.get(key)
         if item is None:
             return None
-        entry, read_at = item
-        if now - read_at >= self.ttl or (isinstance(entry, Page) and entry.state(now) is not FRESH):
+        entry, read_at, stored, page_ttl = item
+        # a page is fresh while now - stored < ttl (Page.state's FRESH, inlined)
+        if now - read_at >= self.ttl or now - stored >= page_ttl:
             with self._lock:
                 if self._items.get(key) is item:
                     del self._items[key]
@@ -38,9 +43,13 @@ class LocalTier:
         return entry
 
     def put(self, key: str, entry: Entry, now: float) -> None:
+        if type(entry) is Page:
+            item = (entry, now, entry.stored, entry.ttl)
+        else:
+            item = (entry, now, 0.0, _FOREVER)
         with self._lock:
             self._items.pop(key, None)
-            self._items[key] = (entry, now)
+            self._items[key] = item
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
