@@ -169,7 +169,7 @@ def compare(servers: Dict[str, AppServer], a: str, b: str,
 def main(args: list) -> int:
     parser = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=3, help="length of one run (whole seconds)")
-    parser.add_argument("--repeats", type=int, default=7, help="runs of each side")
+    parser.add_argument("--repeats", type=int, default=11, help="runs of each side")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads")
     parser.add_argument("--clients", default=",".join(common.CLIENTS), help="memcached client libraries")
