@@ -12,7 +12,7 @@ line.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Union
 
 from .config import ConfigError, duration
 
@@ -122,7 +122,3 @@ def _make_rule(where: str, number: int, pattern: Any, ttl: Any, grace: Any, text
     except re.error as error:
         raise RuleError(f"{where}: bad regular expression: {error}", "cached_urls", text) from None
 
-
-def describe(rules: Rules) -> List[Tuple[str, float, float]]:
-    """The rules as ``(pattern, ttl, grace)`` tuples, for logs and checks."""
-    return [(rule.pattern, rule.ttl, rule.grace) for rule in rules]
