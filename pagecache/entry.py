@@ -40,7 +40,17 @@ def _number(text: bytes) -> float:
     return value
 
 
-class Page:
+class _Value:
+    """Entries are values: equal when of one kind with equal fields."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+
+class Page(_Value):
     """A stored response and its timing."""
 
     __slots__ = ("status", "headers", "body", "stored", "ttl", "grace", "stale")
@@ -98,15 +108,11 @@ class Page:
             self.body,
         ))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Page) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
-
     def __repr__(self) -> str:
         return f"<Page {self.status!r} {len(self.body)} bytes stored={self.stored:.3f} ttl={self.ttl:g}>"
 
 
-class VaryMarker:
+class VaryMarker(_Value):
     """The header names a URL's response varies on, and which generation of
     variants is current (a purge starts a new one). ``life`` is how long the
     marker was stored for; ``purged`` is the time of the last soft purge, which
@@ -127,15 +133,11 @@ class VaryMarker:
         return MAGIC + (f"V {self.stored!r} {self.life!r} {self.purged!r} {self.generation}\n"
                         + " ".join(self.names) + "\n").encode("ascii")
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, VaryMarker) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
-
     def __repr__(self) -> str:
         return f"<VaryMarker {self.names} generation={self.generation}>"
 
 
-class Pass:
+class Pass(_Value):
     """The last response for this URL could not be stored (hit-for-pass)."""
 
     __slots__ = ("stored", "reason")
@@ -147,9 +149,6 @@ class Pass:
     def to_bytes(self) -> bytes:
         reason = re.sub(r"[^!-~ ]", "?", self.reason)[:200]
         return MAGIC + f"U {self.stored!r}\n{reason}\n".encode("ascii")  # newline: the end
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pass) and (self.stored, self.reason) == (other.stored, other.reason)
 
     def __repr__(self) -> str:
         return f"<Pass {self.reason!r}>"
