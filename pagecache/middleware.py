@@ -120,7 +120,6 @@ class PageCacheMiddleware:
         self._labels = {label: [(header, label)] if header else [] for label in (HIT, STALE, MISS, BYPASS)}
         self._dropped_headers = (header,) if header else ()
         self._special = bool(self.purge_allowed or self.stats_path)
-        self._page_prefix = self.keys.page("")
 
     # -- the flow ---------------------------------------------------------
 
@@ -148,7 +147,7 @@ class PageCacheMiddleware:
                 started: float, restarts: int = 0) -> Iterable[bytes]:
         now = self.clock()
         primary = digest = self.keys.digest(environ)
-        entry = self._load(self._page_prefix + primary, now)
+        entry = self._load(self.keys.page(primary), now)
         if type(entry) is Page and now - entry.stored < entry.ttl:  # fresh: the hit path
             self.stats.incr("hits")
             self._decided(environ, HIT, started)
@@ -157,7 +156,7 @@ class PageCacheMiddleware:
         if type(entry) is VaryMarker:
             marker = entry
             digest = self.keys.variant(primary, marker.generation, http.variant_of(environ, marker.names))
-            entry = self._load(self._page_prefix + digest, now)
+            entry = self._load(self.keys.page(digest), now)
             if type(entry) is Page and entry.stored < marker.purged:
                 entry = entry.expired_at(marker.purged)
         target = _Target(primary, digest, marker)
@@ -282,22 +281,33 @@ class PageCacheMiddleware:
         if fallback is None:
             self._decided(environ, MISS, started, why)
             return self.app(environ, self._labelled(start_response, MISS))
-        try:
-            captured = capture(self.app, environ, self.max_entry_size, start_response)
-        except Exception as error:
-            failure = f"{type(error).__name__}: {error}"
-            log.error("computing %s failed; serving the stale copy", _url(environ), exc_info=True)
-        else:
-            if http.status_code(captured.status) < 500 or captured.sent:
-                self._decided(environ, MISS, started, why)
-                return captured.respond(start_response, self._labels[MISS])
-            captured.close()
-            failure = f"status {captured.status}"
-            log.error("computing %s answered %s; serving the stale copy", _url(environ), captured.status)
-        self.stats.incr("app_errors")
+        captured, failure = self._call_app(environ, start_response, fallback, "computing")
+        if captured is not None:
+            self._decided(environ, MISS, started, why)
+            return captured.respond(start_response, self._labels[MISS])
         self.stats.incr("stale")
         self._decided(environ, STALE, started, f"{why}; the application failed: {failure}")
         return self._send(environ, start_response, fallback, STALE, self.clock())
+
+    def _call_app(self, environ: Dict, start_response: Optional[StartResponse],
+                  fallback: Optional[Page], doing: str) -> Tuple[Optional[Captured], str]:
+        """Call the application and capture its response: (captured, ""), or,
+        when it raised or answered 5xx and ``fallback`` may stand in for it,
+        (None, what went wrong), logged. Without a fallback, exceptions propagate."""
+        try:
+            captured = capture(self.app, environ, self.max_entry_size, start_response)
+        except Exception as error:
+            self.stats.incr("app_errors")
+            if fallback is None:
+                raise
+            log.error("%s %s failed; serving the stale copy", doing, _url(environ), exc_info=True)
+            return None, f"{type(error).__name__}: {error}"
+        if fallback is not None and http.status_code(captured.status) >= 500 and not captured.sent:
+            captured.close()
+            self.stats.incr("app_errors")
+            log.error("%s %s answered %s; serving the stale copy", doing, _url(environ), captured.status)
+            return None, f"status {captured.status}"
+        return captured, ""
 
     # -- locks and waiting ------------------------------------------------
 
@@ -374,23 +384,12 @@ class PageCacheMiddleware:
         (_PASSED, (captured, reason)) or, when ``fallback`` may stand in for a
         failure, (_FAILED, reason). Without a fallback, exceptions propagate."""
         self.stats.incr("misses")
-        url = _url(environ)
         try:
-            try:
-                captured = capture(self.app, http.fill_environ(environ), self.max_entry_size,
-                                   start_response)
-            except Exception as error:
-                self.stats.incr("app_errors")
-                if fallback is None:
-                    raise
-                log.error("rebuilding %s failed; serving the stale copy", url, exc_info=True)
-                return _FAILED, f"{type(error).__name__}: {error}"
+            captured, failure = self._call_app(http.fill_environ(environ), start_response, fallback,
+                                               "rebuilding")
+            if captured is None:
+                return _FAILED, failure
             code = http.status_code(captured.status)
-            if code >= 500 and fallback is not None and not captured.sent:
-                captured.close()
-                self.stats.incr("app_errors")
-                log.error("rebuilding %s answered %s; serving the stale copy", url, captured.status)
-                return _FAILED, f"status {captured.status}"
             now = self.clock()
             reason = self._unstorable(captured)
             if reason is not None:
@@ -461,8 +460,7 @@ class PageCacheMiddleware:
               now: float, extra: http.Headers = ()) -> List[bytes]:
         info = self._labels[label]
         if label is not MISS:
-            age = int(now - page.stored)
-            info = [("Age", str(age) if age > 0 else "0")] + info
+            info = [("Age", str(page.age(now)))] + info
         if extra:
             info = list(extra) + info
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
