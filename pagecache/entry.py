@@ -77,10 +77,6 @@ class Page(_Value):
             return ERROR_ONLY
         return EXPIRED
 
-    def age(self, now: float) -> int:
-        """Whole seconds since the page was stored (never negative)."""
-        return max(0, int(now - self.stored))
-
     def lifetime(self) -> float:
         """Seconds from storing until the page is of no use at all."""
         return self.ttl + self.grace + self.stale

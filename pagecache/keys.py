@@ -16,8 +16,16 @@ from typing import Dict, Iterable, Tuple
 from urllib.parse import unquote_plus, unquote_to_bytes, urlsplit
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
-_MEMO_SIZE = 2048    # request URLs whose digest each Keys remembers
-_MEMO_LENGTH = 512   # longest URL (host + path + query) remembered
+
+RequestURL = Tuple[str, str, str, str, str]
+
+
+def request_url(environ: Dict) -> RequestURL:
+    """The URL a request asks for, as the environ has it: (path, query, host,
+    script name, scheme), the path still raw (bytes as latin-1, per WSGI)."""
+    return (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
+            environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}",
+            environ.get("SCRIPT_NAME", ""), environ.get("wsgi.url_scheme", "http"))
 
 
 def _bytes(text: str) -> bytes:
@@ -49,26 +57,15 @@ class Keys:
         self._normalise = bool(self.ignore_query) or sort_query
         self._page = prefix + ":p:"
         self._lock = prefix + ":l:"
-        # digests of recent request URLs: a hot page's digest is computed once
-        self._memo: Dict[Tuple[str, str, str, str], str] = {}
 
     def digest(self, environ: Dict) -> str:
         """The digest of the page a request asks for."""
-        scheme = environ.get("wsgi.url_scheme", "http")
-        host = environ.get("HTTP_HOST")
-        if not host:
-            host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        query = environ.get("QUERY_STRING", "")
-        url = (scheme, host, path, query)
-        digest = self._memo.get(url)
-        if digest is None:
-            digest = self._url_digest(scheme, _host(scheme, host), _bytes(path), query)
-            if len(host) + len(path) + len(query) <= _MEMO_LENGTH:
-                if len(self._memo) >= _MEMO_SIZE:
-                    self._memo.clear()
-                self._memo[url] = digest
-        return digest
+        return self.digest_of_request(request_url(environ))
+
+    def digest_of_request(self, url: RequestURL) -> str:
+        """The digest of the page at a :func:`request_url`."""
+        path, query, host, script, scheme = url
+        return self._url_digest(scheme, _host(scheme, host), _bytes(script + path), query)
 
     def digest_of_url(self, url: str) -> str:
         """The digest of the page at an absolute URL, as a request for it would get."""

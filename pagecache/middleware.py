@@ -14,11 +14,12 @@ from .backends import cache_from_options
 from .capture import Captured, capture
 from .config import ConfigError, convert_options
 from .entry import ERROR_ONLY, FRESH, GRACE, Page, Pass, VaryMarker
-from .keys import Keys
+from .keys import Keys, request_url
 from .local import LocalTier
 from .locks import Flights
 from .purge import Purger
 from .refresh import Refresher
+from .routes import Route, Routes
 from .rules import Rule, RuleSpec, parse_rules
 from .stats import Stats
 from .store import LOST, UNAVAILABLE, Store
@@ -102,11 +103,12 @@ class PageCacheMiddleware:
         self.cache = cache
         self.store = Store(cache, self.stats)
         self.keys = Keys(settings["key_prefix"], settings["ignore_query"], settings["sort_query"])
+        self.routes = Routes(self.rules, self.keys, settings["charset"])
         self.local = LocalTier(settings["local_ttl"], settings["local_size"]) if settings["local_ttl"] else None
+        self._load = self.store.load if self.local is None else self._load_local
         self.purger = Purger(self.store, self.keys, self.local, self.clock, self.stats)
         self.flights = Flights()
         self.refresher = Refresher(settings["background_workers"]) if settings["background_refresh"] else None
-        self.charset = settings["charset"]
         self.bypass_cookies = frozenset(settings["bypass_cookies"])
         self.cache_statuses = settings["cache_statuses"]
         self.max_entry_size = settings["max_entry_size"]
@@ -129,34 +131,33 @@ class PageCacheMiddleware:
                 return self._http_purge(environ, start_response)
             if self.stats_path and environ.get("PATH_INFO") == self.stats_path:
                 return self._serve_stats(environ, start_response)
-        path = environ.get("PATH_INFO", "")
-        if not path.isascii():
-            path = self._decode(path)
-        rule = self.rules.match(path, environ.get("QUERY_STRING", ""))
-        if rule is None:
+        route = self.routes[request_url(environ)]
+        if route.rule is None:
             return self.app(environ, start_response)
         started = time.perf_counter()
-        reason = http.bypass_reason(environ, self.bypass_cookies)
-        if reason is not None:
-            self.stats.incr("bypasses")
-            self._decided(environ, BYPASS, started, reason)
-            return self.app(environ, self._labelled(start_response, BYPASS))
-        return self._lookup(environ, start_response, rule, started)
-
-    def _lookup(self, environ: Dict, start_response: StartResponse, rule: Rule,
-                started: float, restarts: int = 0) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET" or "HTTP_AUTHORIZATION" in environ \
+                or ("HTTP_COOKIE" in environ and self.bypass_cookies):  # else it can't be bypassed
+            reason = http.bypass_reason(environ, self.bypass_cookies)
+            if reason is not None:
+                self.stats.incr("bypasses")
+                self._decided(environ, BYPASS, started, reason)
+                return self.app(environ, self._labelled(start_response, BYPASS))
         now = self.clock()
-        primary = digest = self.keys.digest(environ)
-        entry = self._load(self.keys.page(primary), now)
+        entry = self._load(route.key)
         if type(entry) is Page and now - entry.stored < entry.ttl:  # fresh: the hit path
-            self.stats.incr("hits")
-            self._decided(environ, HIT, started)
-            return self._send(environ, start_response, entry, HIT, now)
+            return self._send(environ, start_response, entry, HIT, now, started)
+        return self._lookup(environ, start_response, route, entry, now, started)
+
+    def _lookup(self, environ: Dict, start_response: StartResponse, route: Route, entry: Any,
+                now: float, started: float, restarts: int = 0) -> Iterable[bytes]:
+        """What to do with the entry found under the URL's key (None: nothing usable)."""
+        primary = digest = route.digest
+        rule = route.rule
         marker = None
         if type(entry) is VaryMarker:
             marker = entry
             digest = self.keys.variant(primary, marker.generation, http.variant_of(environ, marker.names))
-            entry = self._load(self.keys.page(digest), now)
+            entry = self._load(self.keys.page(digest))
             if type(entry) is Page and entry.stored < marker.purged:
                 entry = entry.expired_at(marker.purged)
         target = _Target(primary, digest, marker)
@@ -164,9 +165,7 @@ class PageCacheMiddleware:
         if type(entry) is Page:
             state = entry.state(now)
             if state is FRESH:
-                self.stats.incr("hits")
-                self._decided(environ, HIT, started)
-                return self._send(environ, start_response, entry, HIT, now)
+                return self._send(environ, start_response, entry, HIT, now, started)
             if state is GRACE:
                 return self._in_grace(environ, start_response, rule, target, entry, now, started)
             if state is ERROR_ONLY:
@@ -188,13 +187,10 @@ class PageCacheMiddleware:
         if environ["REQUEST_METHOD"] != "HEAD":
             token = self._lock(target, newer_than=stale.stored)
         if isinstance(token, Page):
-            self.stats.incr("hits")
-            self._decided(environ, HIT, started, "rebuilt meanwhile")
-            return self._send(environ, start_response, token, HIT, now)
+            return self._send(environ, start_response, token, HIT, now, started, "rebuilt meanwhile")
         if token is LOST:
-            self.stats.incr("stale")
-            self._decided(environ, STALE, started, "another request rebuilds it")
-            return self._send(environ, start_response, stale, STALE, now)
+            return self._send(environ, start_response, stale, STALE, now, started,
+                              "another request rebuilds it")
         if self.refresher is not None:
             job_environ = http.fill_environ(environ, background=True)
             queued = self.refresher.submit(lambda: self._refresh(job_environ, rule, target, token, stale))
@@ -202,10 +198,8 @@ class PageCacheMiddleware:
                 self.stats.incr("refreshes")
             else:
                 self._unlock(target, token)
-            self.stats.incr("stale")
-            self._decided(environ, STALE, started,
-                          "rebuilding in the background" if queued else "background queue full")
-            return self._send(environ, start_response, stale, STALE, now)
+            return self._send(environ, start_response, stale, STALE, now, started,
+                              "rebuilding in the background" if queued else "background queue full")
         response, _ = self._rebuild_for(environ, start_response, rule, target, token, stale, started)
         return response
 
@@ -223,9 +217,8 @@ class PageCacheMiddleware:
                 token = self._await(target, key)
             if isinstance(token, Page):
                 outcome = _Outcome(HIT, token, self._variant(environ, token))
-                self.stats.incr("hits")
-                self._decided(environ, HIT, started, "computed by another request")
-                return self._send(environ, start_response, token, HIT, self.clock())
+                return self._send(environ, start_response, token, HIT, self.clock(), started,
+                                  "computed by another request")
             if token is _PASS:
                 outcome = _PASS
                 self.stats.incr("passes")
@@ -253,9 +246,8 @@ class PageCacheMiddleware:
         outcome = flight.outcome
         if type(outcome) is _Outcome:
             if outcome.variant == self._variant(environ, outcome.page):
-                self.stats.incr("stale" if outcome.label is STALE else "hits")
-                self._decided(environ, outcome.label, started, "waited for it")
-                return self._send(environ, start_response, outcome.page, outcome.label, self.clock())
+                return self._send(environ, start_response, outcome.page, outcome.label, self.clock(),
+                                  started, "waited for it")
             return self._restart(environ, start_response, rule, started, restarts)
         if outcome is _PASS:
             self.stats.incr("passes")
@@ -270,7 +262,10 @@ class PageCacheMiddleware:
         """Look again: the page turned out to vary, and this request wants another variant."""
         if restarts >= MAX_RESTARTS:
             return self._unstored(environ, start_response, started, "variant kept changing")
-        return self._lookup(environ, start_response, rule, started, restarts + 1)
+        route = self.routes[request_url(environ)]
+        now = self.clock()
+        entry = self._load(route.key)
+        return self._lookup(environ, start_response, route, entry, now, started, restarts + 1)
 
     def _unstored(self, environ: Dict, start_response: StartResponse, started: float,
                   why: str, fallback: Optional[Page] = None) -> Iterable[bytes]:
@@ -285,9 +280,8 @@ class PageCacheMiddleware:
         if captured is not None:
             self._decided(environ, MISS, started, why)
             return captured.respond(start_response, self._labels[MISS])
-        self.stats.incr("stale")
-        self._decided(environ, STALE, started, f"{why}; the application failed: {failure}")
-        return self._send(environ, start_response, fallback, STALE, self.clock())
+        return self._send(environ, start_response, fallback, STALE, self.clock(), started,
+                          f"{why}; the application failed: {failure}")
 
     def _call_app(self, environ: Dict, start_response: Optional[StartResponse],
                   fallback: Optional[Page], doing: str) -> Tuple[Optional[Captured], str]:
@@ -359,16 +353,14 @@ class PageCacheMiddleware:
         """Rebuild the page for this request's client; the response and the flight outcome."""
         done, result = self._rebuild(environ, rule, target, token, fallback, start_response)
         if done is _FAILED:
-            self.stats.incr("stale")
-            self._decided(environ, STALE, started, "the application failed: " + result)
-            return self._send(environ, start_response, fallback, STALE, self.clock()), \
+            return self._send(environ, start_response, fallback, STALE, self.clock(), started,
+                              "the application failed: " + result), \
                 _Outcome(STALE, fallback, self._variant(environ, fallback))
         if done is _PASSED:
             self._decided(environ, MISS, started, "not stored: " + result[1])
             return result[0].respond(start_response, self._labels[MISS]), _PASS
         page, cookies = result
-        self._decided(environ, MISS, started, "stored")
-        return (self._send(environ, start_response, page, MISS, page.stored, cookies),
+        return (self._send(environ, start_response, page, MISS, page.stored, started, "stored", cookies),
                 _Outcome(HIT, page, self._variant(environ, page)))
 
     def _refresh(self, environ: Dict, rule: Rule, target: _Target, token: Any, stale: Page) -> None:
@@ -443,9 +435,9 @@ class PageCacheMiddleware:
 
     # -- serving ----------------------------------------------------------
 
-    def _load(self, key: str, now: float) -> Any:
-        if self.local is None:
-            return self.store.load(key)
+    def _load_local(self, key: str) -> Any:
+        """The entry under ``key`` from the local tier, else from the cache (kept locally)."""
+        now = self.clock()
         entry = self.local.get(key, now)
         if entry is not None:
             if type(entry) is Page:
@@ -457,10 +449,18 @@ class PageCacheMiddleware:
         return entry
 
     def _send(self, environ: Dict, start_response: StartResponse, page: Page, label: str,
-              now: float, extra: http.Headers = ()) -> List[bytes]:
-        info = self._labels[label]
-        if label is not MISS:
-            info = [("Age", str(page.age(now)))] + info
+              now: float, started: float, why: str = "", extra: http.Headers = ()) -> List[bytes]:
+        """Answer with a stored page, or a 304 when the request's validators
+        match it; labelled, counted (a MISS was counted when it was computed)
+        and logged."""
+        if label is MISS:
+            info = self._labels[MISS]
+        else:
+            self.stats.incr("hits" if label is HIT else "stale")
+            age = now - page.stored  # whole seconds; 0 if the storing host's clock is ahead
+            info = [("Age", str(int(age)) if age >= 1 else "0")] + self._labels[label]
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_decision(environ, label, started, why)
         if extra:
             info = list(extra) + info
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
@@ -485,16 +485,12 @@ class PageCacheMiddleware:
         names = http.vary_names(page.headers)
         return http.variant_of(environ, names) if names else None
 
-    def _decode(self, path: str) -> str:
-        """A non-ASCII PATH_INFO (bytes as latin-1, per WSGI) decoded with ``charset``."""
-        try:
-            return path.encode("latin-1").decode(self.charset, "replace")
-        except UnicodeEncodeError:
-            return path
-
     def _decided(self, environ: Dict, outcome: str, started: float, why: str = "") -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), _url(environ), outcome,
+            self._log_decision(environ, outcome, started, why)
+
+    def _log_decision(self, environ: Dict, outcome: str, started: float, why: str) -> None:
+        log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), _url(environ), outcome,
                       (time.perf_counter() - started) * 1000, f" ({why})" if why else "")
 
     # -- purge and stats --------------------------------------------------
