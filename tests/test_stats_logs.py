@@ -23,7 +23,7 @@ import pytest
 
 import pagecache.store
 from pagecache import PageCacheMiddleware
-from pagecache.stats import COUNTERS
+from pagecache.stats import COUNTERS, Stats
 
 from .conftest import CountingApp, client, wait_until
 from .servers import free_port
@@ -300,3 +300,24 @@ def test_development_ini_logging_setup_shows_decisions(tmp_path):
     assert len(lines) == 2, result.stderr
     assert re.search(r"DEBUG \[pagecache\]\S* GET http://127\.0\.0\.1/news MISS [\d.]+ms", lines[0]), lines
     assert re.search(r"DEBUG \[pagecache\]\S* GET http://127\.0\.0\.1/news HIT [\d.]+ms", lines[1]), lines
+
+
+def test_counts_from_many_threads_add_up_and_ended_threads_are_folded():
+    stats = Stats()
+    together = threading.Barrier(8)
+
+    def work():
+        together.wait(timeout=10)
+        for _ in range(1000):
+            stats.incr("hits")
+        stats.incr("stale", 2)
+
+    for _ in range(5):
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert (stats["hits"], stats["stale"]) == (40_000, 80)
+    # left: this thread's table and at most the last round's; the others were folded
+    assert len(stats._tables) <= 9
