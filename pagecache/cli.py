@@ -158,7 +158,7 @@ def purge(args: argparse.Namespace) -> int:
     """``pagecache purge``: one line per URL; 1 if memcached could not be reached."""
     section = load_filter(args.config, args.name)
     settings = section.settings
-    keys = Keys(settings["key_prefix"], settings["ignore_query"], settings["sort_query"])
+    keys = Keys.from_settings(settings)
     for url in args.urls:
         try:
             keys.digest_of_url(url)

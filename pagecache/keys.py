@@ -58,6 +58,11 @@ class Keys:
         self._page = prefix + ":p:"
         self._lock = prefix + ":l:"
 
+    @classmethod
+    def from_settings(cls, settings: Dict) -> "Keys":
+        """The keys of a filter configured with ``settings`` (converted options)."""
+        return cls(settings["key_prefix"], settings["ignore_query"], settings["sort_query"])
+
     def digest(self, environ: Dict) -> str:
         """The digest of the page a request asks for."""
         return self.digest_of_request(request_url(environ))

@@ -102,7 +102,7 @@ class PageCacheMiddleware:
             raise ConfigError("give either a cache object or memcached_servers, not both")
         self.cache = cache
         self.store = Store(cache, self.stats)
-        self.keys = Keys(settings["key_prefix"], settings["ignore_query"], settings["sort_query"])
+        self.keys = Keys.from_settings(settings)
         self.routes = Routes(self.rules, self.keys, settings["charset"])
         self.local = LocalTier(settings["local_ttl"], settings["local_size"]) if settings["local_ttl"] else None
         self._load = self.store.load if self.local is None else self._load_local
@@ -288,6 +288,8 @@ class PageCacheMiddleware:
         """Call the application and capture its response: (captured, ""), or,
         when it raised or answered 5xx and ``fallback`` may stand in for it,
         (None, what went wrong), logged. Without a fallback, exceptions propagate."""
+        if start_response is not None:  # a response written past max_entry_size goes out at once
+            start_response = self._labelled(start_response, MISS)
         try:
             captured = capture(self.app, environ, self.max_entry_size, start_response)
         except Exception as error:

@@ -622,6 +622,12 @@ def test_a_misbehaving_application_is_seen_as_without_the_cache_and_nothing_part
     assert [iterable.closed for iterable in alone.returned] == [1] * len(alone.returned)
 
 
+def test_a_response_written_past_max_entry_size_is_labelled_miss(make):
+    mw = make(Behaviour("write() past max_entry_size"), "/ 30 120", max_entry_size=4096)
+    served = [serve(mw, environ_for("/written")) for _ in range(2)]
+    assert [(s.status, s.label) for s in served] == [("200 OK", "MISS")] * 2
+
+
 def test_a_response_closed_early_by_the_server_closes_the_application_once(make):
     """A client that goes away mid-stream: the server stops iterating and closes."""
     app = Behaviour("streams past max_entry_size")
