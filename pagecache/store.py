@@ -6,6 +6,8 @@ hold another program's bytes), the methods here return an answer the request
 flow can act on: ``load`` gives an entry or None, ``save`` says whether it was
 stored, ``lock`` says won, lost or unavailable. Failures are counted in the
 stats and logged as warnings, at most one every :data:`WARN_EVERY` seconds.
+A lock whose ``add`` got no answer may have been taken all the same (a server
+that hung after reading it); it is released once the cache answers a lock again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import entry as entries
 from .backends import expiry_time
@@ -23,6 +25,7 @@ from .stats import Stats
 log = logging.getLogger("pagecache")
 
 WARN_EVERY = 10.0
+DOUBTFUL_MAX = 32            # locks whose add got no answer, remembered for release
 LOST = "lost"                # another request holds the lock
 UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
 
@@ -39,6 +42,11 @@ class Store:
         self._warn_lock = threading.Lock()
         self._quiet_until = 0.0
         self._suppressed = 0
+        # lock key -> (token, expiry): an add that timed out may still have
+        # been carried out when the server came back, holding the lock for
+        # nobody; such locks are released once the cache answers again
+        self._doubtful: Dict[str, Tuple[bytes, float]] = {}
+        self._doubtful_lock = threading.Lock()
 
     def failed(self, what: str) -> None:
         """Count a failed cache operation and log it, rate-limited."""
@@ -95,25 +103,46 @@ class Store:
             won = self.client.add(key, token, expiry_time(seconds))
         except Exception as error:
             self.failed(f"add {key}: {error!r}")
+            self._doubt(key, token, seconds)
             return UNAVAILABLE
-        if won is False:
-            return LOST
-        if won:
-            return token
-        # python-memcached answers 0 (not False) when no server could be asked.
+        if won is False or won:
+            if self._doubtful:
+                self._release_doubtful()
+            return token if won else LOST
+        # python-memcached answers 0 (not False) when no server could be asked,
+        # a timeout included.
         self.failed(f"add {key}: no answer")
+        self._doubt(key, token, seconds)
         return UNAVAILABLE
 
-    def unlock(self, key: str, token: Union[str, bytes]) -> None:
-        """Release the lock ``key`` if ``token`` still holds it."""
+    def unlock(self, key: str, token: Union[str, bytes]) -> bool:
+        """Release the lock ``key`` if ``token`` still holds it; False if the
+        cache could not be asked."""
         if not isinstance(token, bytes):
-            return
+            return True
         try:
             held = self.client.get(key)
         except Exception as error:
             self.failed(f"get {key}: {error!r}")
-            return
+            return False
         if isinstance(held, str):
             held = held.encode("ascii", "replace")
         if held == token:
             self.delete(key)
+        return True
+
+    def _doubt(self, key: str, token: bytes, seconds: float) -> None:
+        with self._doubtful_lock:
+            self._doubtful.pop(key, None)
+            if len(self._doubtful) >= DOUBTFUL_MAX:
+                del self._doubtful[next(iter(self._doubtful))]
+            self._doubtful[key] = (token, time.monotonic() + seconds)
+
+    def _release_doubtful(self) -> None:
+        """Release the locks whose add got no answer, if they were taken after all."""
+        with self._doubtful_lock:
+            doubtful, self._doubtful = self._doubtful, {}
+        now = time.monotonic()
+        for key, (token, expires) in doubtful.items():
+            if expires > now and not self.unlock(key, token):
+                self._doubt(key, token, expires - now)

@@ -8,6 +8,8 @@ import pytest
 from pagecache import ConfigError
 from pagecache.backends import (ITEM_OVERHEAD, THIRTY_DAYS, MemoryCache, expiry_time,
                                 memcached_client, parse_servers)
+from pagecache.stats import Stats
+from pagecache.store import DOUBTFUL_MAX, UNAVAILABLE, Store
 
 from .conftest import Clock
 
@@ -138,3 +140,44 @@ def test_pickled_and_compressed_values_are_never_loaded(memcached, library):
             continue  # an exception is a miss to pagecache's Store
         assert value is None or isinstance(value, bytes)
         assert value != {"a": 1} and value != b"x" * 1000
+
+
+class AddsWithoutAnswering:
+    """A MemoryCache whose ``add`` is carried out but not answered (as when the
+    server hangs after reading it), while ``failing`` is set."""
+
+    def __init__(self, cache: MemoryCache):
+        self.cache = cache
+        self.failing = True
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def add(self, key, value, time=0):
+        done = self.cache.add(key, value, time)
+        if self.failing:
+            raise TimeoutError("timed out")
+        return done
+
+
+def test_locks_whose_add_got_no_answer_are_released_once_the_cache_answers():
+    cache = AddsWithoutAnswering(MemoryCache())
+    store = Store(cache, Stats())
+    assert store.lock("l:a", 60) is UNAVAILABLE
+    assert cache.get("l:a") is not None          # held by nobody
+    cache.failing = False
+    token = store.lock("l:b", 60)                # answered: l:a is released
+    assert isinstance(token, bytes)
+    assert cache.get("l:a") is None and cache.get("l:b") == token
+    assert isinstance(store.lock("l:a", 60), bytes)
+
+
+def test_at_most_a_bounded_number_of_doubtful_locks_is_remembered():
+    cache = AddsWithoutAnswering(MemoryCache())
+    store = Store(cache, Stats())
+    for number in range(DOUBTFUL_MAX + 8):
+        assert store.lock(f"l:{number}", 60) is UNAVAILABLE
+    cache.failing = False
+    store.lock("l:answered", 60)
+    held = [number for number in range(DOUBTFUL_MAX + 8) if cache.get(f"l:{number}") is not None]
+    assert held == list(range(8))  # the oldest were forgotten; they expire on their own

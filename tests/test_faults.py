@@ -490,3 +490,54 @@ def test_while_no_server_answers_no_lock_is_held_and_nothing_is_stored(server, s
     sequential = replies[6:]
     assert {reply.label for reply in sequential} == {"MISS"}
     assert len({reply.body for reply in sequential}) == len(sequential), "each one computed by the app"
+
+
+# -- a lock taken by an add that timed out ---------------------------------------------
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_a_lock_taken_by_an_add_that_timed_out_is_released_once_the_server_answers(server, library):
+    """The server hangs (SIGSTOP) while a request takes a page's lock: the add
+    times out, but the server carries it out when it resumes, so the lock is
+    held by nobody. The first lock the server answers afterwards releases it:
+    the page is computed and stored at once, not after ``wait_timeout`` or
+    ``lock_timeout`` (a minute each here)."""
+    import memcache
+
+    app = CountingApp()
+    mw = middleware(app, [server.address], library, wait_timeout=60, lock_timeout=60)
+    assert request(mw, "/warm").label == "MISS"  # stored, and a connection open when it stops
+    client = mw.store.client
+
+    class HangsBeforeTheAdd:
+        """The real client, with the server stopped between the get and the add."""
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def add(self, *args):
+            server.pause()
+            return client.add(*args)
+
+    mw.store.client = HangsBeforeTheAdd()
+    try:
+        assert request(mw, "/orphan").label == "MISS"
+    finally:
+        server.resume()
+        mw.store.client = client
+    assert mw.stats["memcached_errors"] > 0
+    probe = memcache.Client([server.address])
+    lock_key = mw.keys.lock(mw.keys.digest_of_url(f"http://{HOST}/orphan"))
+    wait_until(lambda: probe.get(lock_key) is not None)       # the add, carried out late
+    wait_until(lambda: request(mw, "/warm").label == "HIT")   # the client asks the server again
+    replies: List[Reply] = []
+    answered = threading.Event()
+
+    def ask() -> None:
+        replies.append(request(mw, "/orphan"))
+        answered.set()
+
+    threading.Thread(target=ask, daemon=True).start()
+    assert answered.wait(10), "the request waited for a lock nobody holds"
+    assert replies[0].label == "MISS" and APP_BODY.match(replies[0].body)
+    assert request(mw, "/orphan").label == "HIT"
+    assert probe.get(lock_key) is None
