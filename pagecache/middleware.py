@@ -209,7 +209,7 @@ class PageCacheMiddleware:
         key = self.keys.page(target.digest)
         flight, leader = self.flights.join(key)
         if not leader:
-            return self._follow(environ, start_response, rule, flight, fallback, started, restarts)
+            return self._follow(environ, start_response, flight, fallback, started, restarts)
         outcome: Any = None
         try:
             token = self._lock(target)
@@ -226,7 +226,7 @@ class PageCacheMiddleware:
                 return self.app(environ, self._labelled(start_response, MISS))
             if token is _RESTART:
                 outcome = _RESTART
-                return self._restart(environ, start_response, rule, started, restarts)
+                return self._restart(environ, start_response, started, restarts)
             if token is None:
                 self.stats.incr("wait_timeouts")
                 return self._unstored(environ, start_response, started, "wait_timeout reached", fallback)
@@ -236,7 +236,7 @@ class PageCacheMiddleware:
         finally:
             self.flights.land(key, flight, outcome)
 
-    def _follow(self, environ: Dict, start_response: StartResponse, rule: Rule, flight: Any,
+    def _follow(self, environ: Dict, start_response: StartResponse, flight: Any,
                 fallback: Optional[Page], started: float, restarts: int) -> Iterable[bytes]:
         """Wait for the page this process's leader computes or awaits."""
         self.stats.incr("waits")
@@ -248,16 +248,16 @@ class PageCacheMiddleware:
             if outcome.variant == self._variant(environ, outcome.page):
                 return self._send(environ, start_response, outcome.page, outcome.label, self.clock(),
                                   started, "waited for it")
-            return self._restart(environ, start_response, rule, started, restarts)
+            return self._restart(environ, start_response, started, restarts)
         if outcome is _PASS:
             self.stats.incr("passes")
             self._decided(environ, MISS, started, "uncacheable")
             return self.app(environ, self._labelled(start_response, MISS))
         if outcome is _RESTART:
-            return self._restart(environ, start_response, rule, started, restarts)
+            return self._restart(environ, start_response, started, restarts)
         return self._unstored(environ, start_response, started, "the request computing it failed", fallback)
 
-    def _restart(self, environ: Dict, start_response: StartResponse, rule: Rule,
+    def _restart(self, environ: Dict, start_response: StartResponse,
                  started: float, restarts: int) -> Iterable[bytes]:
         """Look again: the page turned out to vary, and this request wants another variant."""
         if restarts >= MAX_RESTARTS:
@@ -493,7 +493,7 @@ class PageCacheMiddleware:
 
     def _log_decision(self, environ: Dict, outcome: str, started: float, why: str) -> None:
         log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), _url(environ), outcome,
-                      (time.perf_counter() - started) * 1000, f" ({why})" if why else "")
+                  (time.perf_counter() - started) * 1000, f" ({why})" if why else "")
 
     # -- purge and stats --------------------------------------------------
 

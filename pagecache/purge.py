@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .entry import Page, Pass, VaryMarker
+from .entry import Pass, VaryMarker
 from .keys import Keys
 from .local import LocalTier
 from .stats import Stats
