@@ -162,6 +162,16 @@ def labels(replies: List[Reply]) -> Dict[str, int]:
     return counts
 
 
+def crowd_behind_the_first(middleware: Callable, app: App, path: str) -> List[Reply]:
+    """The replies to ``CLIENTS`` concurrent requests for ``path``; the first is
+    held inside the app until all the others wait for it."""
+    release = app.hold(1)
+    crowd = Crowd(CLIENTS, lambda i: call(middleware, path)).start()
+    wait_until(lambda: middleware.stats["waits"] == CLIENTS - 1 and app.calls == 1)
+    release.set()
+    return crowd.finish()
+
+
 def stored_lock(middleware: PageCacheMiddleware, path: str) -> Any:
     """The raw value of the page's update lock (None when nobody holds it)."""
     return middleware.cache.get(middleware.keys.lock(middleware.keys.digest_of_url(url(path))))
@@ -171,12 +181,7 @@ def stored_lock(middleware: PageCacheMiddleware, path: str) -> Any:
 
 def test_cold_page_is_computed_once_for_64_clients(make, app):
     middleware = make(app, RULES)
-    release = app.hold(1)
-    crowd = Crowd(CLIENTS, lambda i: call(middleware, "/cold")).start()
-    # The first request is inside the app; it stays there until all 63 others wait for it.
-    wait_until(lambda: middleware.stats["waits"] == CLIENTS - 1 and app.calls == 1)
-    release.set()
-    replies = crowd.finish()
+    replies = crowd_behind_the_first(middleware, app, "/cold")
 
     assert app.calls == 1
     assert set(replies) == {Reply("200 OK", "HIT", b"v1 #1"), Reply("200 OK", "MISS", b"v1 #1")}
@@ -304,11 +309,7 @@ def test_with_memcached_down_a_process_still_computes_a_cold_page_once(app, cloc
     # the page again (nothing could be stored), and none of them fails.
     middleware = PageCacheMiddleware(app, RULES, clock=clock, memcached_client=library,
                                      memcached_servers=f"127.0.0.1:{free_port()}")
-    release = app.hold(1)
-    crowd = Crowd(CLIENTS, lambda i: call(middleware, "/cold")).start()
-    wait_until(lambda: middleware.stats["waits"] == CLIENTS - 1 and app.calls == 1)
-    release.set()
-    replies = crowd.finish()
+    replies = crowd_behind_the_first(middleware, app, "/cold")
     assert app.calls == 1
     assert {(r.status, r.body) for r in replies} == {("200 OK", b"v1 #1")}
     assert call(middleware, "/cold") == Reply("200 OK", "MISS", b"v1 #2")
@@ -433,12 +434,8 @@ def test_first_burst_on_an_uncacheable_url_is_released_at_once(make, app, header
     # once, and none of them is given the first client's response.
     app.headers, app.status = headers, status
     middleware = make(app, RULES)
-    release = app.hold(1)
     app.barrier = threading.Barrier(CLIENTS - 1, timeout=HOLD / 3)
-    crowd = Crowd(CLIENTS, lambda i: call(middleware, "/me")).start()
-    wait_until(lambda: middleware.stats["waits"] == CLIENTS - 1 and app.calls == 1)
-    release.set()
-    replies = crowd.finish()
+    replies = crowd_behind_the_first(middleware, app, "/me")
     assert app.calls == CLIENTS
     assert len({r.body for r in replies}) == CLIENTS
     assert type(stored(middleware, url("/me"))) is Pass
