@@ -139,9 +139,7 @@ class PageCacheMiddleware:
                 or ("HTTP_COOKIE" in environ and self.bypass_cookies):  # else it can't be bypassed
             reason = http.bypass_reason(environ, self.bypass_cookies)
             if reason is not None:
-                self.stats.incr("bypasses")
-                self._decided(environ, BYPASS, started, reason)
-                return self.app(environ, self._labelled(start_response, BYPASS))
+                return self._to_app(environ, start_response, BYPASS, "bypasses", started, reason)
         now = self.clock()
         entry = self._load(route.key)
         if type(entry) is Page and now - entry.stored < entry.ttl:  # fresh: the hit path
@@ -171,13 +169,10 @@ class PageCacheMiddleware:
             if state is ERROR_ONLY:
                 fallback = entry
         elif type(entry) is Pass:
-            self.stats.incr("passes")
-            self._decided(environ, MISS, started, "uncacheable lately: " + entry.reason)
-            return self.app(environ, self._labelled(start_response, MISS))
+            return self._to_app(environ, start_response, MISS, "passes", started,
+                                "uncacheable lately: " + entry.reason)
         if environ["REQUEST_METHOD"] == "HEAD":
-            self.stats.incr("misses")
-            self._decided(environ, MISS, started, "HEAD is not stored")
-            return self.app(environ, self._labelled(start_response, MISS))
+            return self._to_app(environ, start_response, MISS, "misses", started, "HEAD is not stored")
         return self._fill(environ, start_response, rule, target, fallback, started, restarts)
 
     def _in_grace(self, environ: Dict, start_response: StartResponse, rule: Rule,
@@ -221,9 +216,7 @@ class PageCacheMiddleware:
                                   "computed by another request")
             if token is _PASS:
                 outcome = _PASS
-                self.stats.incr("passes")
-                self._decided(environ, MISS, started, "uncacheable lately")
-                return self.app(environ, self._labelled(start_response, MISS))
+                return self._to_app(environ, start_response, MISS, "passes", started, "uncacheable lately")
             if token is _RESTART:
                 outcome = _RESTART
                 return self._restart(environ, start_response, started, restarts)
@@ -250,9 +243,7 @@ class PageCacheMiddleware:
                                   started, "waited for it")
             return self._restart(environ, start_response, started, restarts)
         if outcome is _PASS:
-            self.stats.incr("passes")
-            self._decided(environ, MISS, started, "uncacheable")
-            return self.app(environ, self._labelled(start_response, MISS))
+            return self._to_app(environ, start_response, MISS, "passes", started, "uncacheable")
         if outcome is _RESTART:
             return self._restart(environ, start_response, started, restarts)
         return self._unstored(environ, start_response, started, "the request computing it failed", fallback)
@@ -272,10 +263,9 @@ class PageCacheMiddleware:
         """Let the application answer this request, storing nothing; if it
         raises or answers 5xx, ``fallback`` (a page kept for stale_if_error)
         is served instead."""
-        self.stats.incr("misses")
         if fallback is None:
-            self._decided(environ, MISS, started, why)
-            return self.app(environ, self._labelled(start_response, MISS))
+            return self._to_app(environ, start_response, MISS, "misses", started, why)
+        self.stats.incr("misses")
         captured, failure = self._call_app(environ, start_response, fallback, "computing")
         if captured is not None:
             self._decided(environ, MISS, started, why)
@@ -474,6 +464,13 @@ class PageCacheMiddleware:
             return []
         return [page.body]
 
+    def _to_app(self, environ: Dict, start_response: StartResponse, label: str, counter: str,
+                started: float, why: str) -> Iterable[bytes]:
+        """Let the application answer, its response labelled; counted and logged."""
+        self.stats.incr(counter)
+        self._decided(environ, label, started, why)
+        return self.app(environ, self._labelled(start_response, label))
+
     def _labelled(self, start_response: StartResponse, label: str) -> StartResponse:
         extra = self._labels[label]
         if not extra:
@@ -533,10 +530,9 @@ class PageCacheMiddleware:
 
 
 def _url(environ: Dict) -> str:
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    query = environ.get("QUERY_STRING")
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
+    """The request's URL, for logs and answers."""
+    path, query, host, script, scheme = request_url(environ)
+    return f"{scheme}://{host}{script}{path}" + (f"?{query}" if query else "")
 
 
 def _plain(start_response: StartResponse, status: str, text: str) -> List[bytes]:
