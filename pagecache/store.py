@@ -7,7 +7,8 @@ flow can act on: ``load`` gives an entry or None, ``save`` says whether it was
 stored, ``lock`` says won, lost or unavailable. Failures are counted in the
 stats and logged as warnings, at most one every :data:`WARN_EVERY` seconds.
 A lock whose ``add`` got no answer may have been taken all the same (a server
-that hung after reading it); it is released once the cache answers a lock again.
+that hung after reading it): while the cache answers locks again, it is looked
+for once a second and released, until it would have expired anyway.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger("pagecache")
 
 WARN_EVERY = 10.0
 DOUBTFUL_MAX = 32            # locks whose add got no answer, remembered for release
+RELEASE_EVERY = 1.0          # seconds between looks for them
 LOST = "lost"                # another request holds the lock
 UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
 
@@ -43,10 +45,10 @@ class Store:
         self._quiet_until = 0.0
         self._suppressed = 0
         # lock key -> (token, expiry): an add that timed out may still have
-        # been carried out when the server came back, holding the lock for
-        # nobody; such locks are released once the cache answers again
+        # been carried out when the server came back, holding the lock for nobody
         self._doubtful: Dict[str, Tuple[bytes, float]] = {}
         self._doubtful_lock = threading.Lock()
+        self._next_release = 0.0
 
     def failed(self, what: str) -> None:
         """Count a failed cache operation and log it, rate-limited."""
@@ -106,7 +108,7 @@ class Store:
             self._doubt(key, token, seconds)
             return UNAVAILABLE
         if won is False or won:
-            if self._doubtful:
+            if self._doubtful and time.monotonic() >= self._next_release:
                 self._release_doubtful()
             return token if won else LOST
         # python-memcached answers 0 (not False) when no server could be asked,
@@ -116,10 +118,9 @@ class Store:
         return UNAVAILABLE
 
     def unlock(self, key: str, token: Union[str, bytes]) -> bool:
-        """Release the lock ``key`` if ``token`` still holds it; False if the
-        cache could not be asked."""
+        """Release the lock ``key`` if ``token`` holds it; whether it did."""
         if not isinstance(token, bytes):
-            return True
+            return False
         try:
             held = self.client.get(key)
         except Exception as error:
@@ -127,9 +128,7 @@ class Store:
             return False
         if isinstance(held, str):
             held = held.encode("ascii", "replace")
-        if held == token:
-            self.delete(key)
-        return True
+        return held == token and self.delete(key)
 
     def _doubt(self, key: str, token: bytes, seconds: float) -> None:
         with self._doubtful_lock:
@@ -139,10 +138,17 @@ class Store:
             self._doubtful[key] = (token, time.monotonic() + seconds)
 
     def _release_doubtful(self) -> None:
-        """Release the locks whose add got no answer, if they were taken after all."""
-        with self._doubtful_lock:
-            doubtful, self._doubtful = self._doubtful, {}
+        """Release the locks whose add got no answer, if they were taken after
+        all. One not found is looked for again later: its server may still be
+        out of the client's ring, or the add not yet carried out."""
         now = time.monotonic()
-        for key, (token, expires) in doubtful.items():
-            if expires > now and not self.unlock(key, token):
-                self._doubt(key, token, expires - now)
+        with self._doubtful_lock:
+            if now < self._next_release:
+                return  # another thread is at it
+            self._next_release = now + RELEASE_EVERY
+            doubtful = list(self._doubtful.items())
+        for key, (token, expires) in doubtful:
+            if expires <= now or self.unlock(key, token):
+                with self._doubtful_lock:
+                    if self._doubtful.get(key, (None,))[0] == token:
+                        del self._doubtful[key]

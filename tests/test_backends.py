@@ -9,6 +9,7 @@ from pagecache import ConfigError
 from pagecache.backends import (ITEM_OVERHEAD, THIRTY_DAYS, MemoryCache, expiry_time,
                                 memcached_client, parse_servers)
 from pagecache.stats import Stats
+from pagecache import store as store_module
 from pagecache.store import DOUBTFUL_MAX, UNAVAILABLE, Store
 
 from .conftest import Clock
@@ -143,21 +144,31 @@ def test_pickled_and_compressed_values_are_never_loaded(memcached, library):
 
 
 class AddsWithoutAnswering:
-    """A MemoryCache whose ``add`` is carried out but not answered (as when the
-    server hangs after reading it), while ``failing`` is set."""
+    """A MemoryCache whose ``add`` is not answered while ``failing`` is set (as
+    when the server hangs after reading it), but carried out: at once, or with
+    ``late``, when the test calls :meth:`resume`."""
 
-    def __init__(self, cache: MemoryCache):
+    def __init__(self, cache: MemoryCache, late: bool = False):
         self.cache = cache
         self.failing = True
+        self.late = late
+        self.unanswered = []
 
     def __getattr__(self, name):
         return getattr(self.cache, name)
 
-    def add(self, key, value, time=0):
-        done = self.cache.add(key, value, time)
+    def add(self, key, value, expire=0):
         if self.failing:
+            if self.late:
+                self.unanswered.append((key, value, expire))
+            else:
+                self.cache.add(key, value, expire)
             raise TimeoutError("timed out")
-        return done
+        return self.cache.add(key, value, expire)
+
+    def resume(self):
+        for key, value, expire in self.unanswered:
+            self.cache.add(key, value, expire)
 
 
 def test_locks_whose_add_got_no_answer_are_released_once_the_cache_answers():
@@ -181,3 +192,17 @@ def test_at_most_a_bounded_number_of_doubtful_locks_is_remembered():
     store.lock("l:answered", 60)
     held = [number for number in range(DOUBTFUL_MAX + 8) if cache.get(f"l:{number}") is not None]
     assert held == list(range(8))  # the oldest were forgotten; they expire on their own
+
+
+def test_a_doubtful_lock_not_found_yet_is_looked_for_again(monkeypatch):
+    monkeypatch.setattr(store_module, "RELEASE_EVERY", 0.0)
+    cache = AddsWithoutAnswering(MemoryCache(), late=True)
+    store = Store(cache, Stats())
+    assert store.lock("l:a", 60) is UNAVAILABLE
+    cache.failing = False
+    assert isinstance(store.lock("l:b", 60), bytes)  # l:a not there (yet): kept in mind
+    cache.resume()                                   # the server carries the add out now
+    assert cache.get("l:a") is not None
+    assert isinstance(store.lock("l:c", 60), bytes)
+    assert cache.get("l:a") is None
+    assert isinstance(store.lock("l:a", 60), bytes)
