@@ -7,8 +7,10 @@ flow can act on: ``load`` gives an entry or None, ``save`` says whether it was
 stored, ``lock`` says won, lost or unavailable. Failures are counted in the
 stats and logged as warnings, at most one every :data:`WARN_EVERY` seconds.
 A lock whose ``add`` got no answer may have been taken all the same (a server
-that hung after reading it): while the cache answers locks again, it is looked
-for once a second and released, until it would have expired anyway.
+that hung after reading it), and one this process took may not be found when
+it is released (its server out of the client's ring for a while): while the
+cache answers locks again, such a lock is looked for once a second and
+released, until it would have expired anyway.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger("pagecache")
 WARN_EVERY = 10.0
 DOUBTFUL_MAX = 32            # locks whose add got no answer, remembered for release
 RELEASE_EVERY = 1.0          # seconds between looks for them
+HELD_MAX = 1024              # locks taken and not yet released, before expired ones are forgotten
 LOST = "lost"                # another request holds the lock
 UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
 
@@ -47,6 +50,7 @@ class Store:
         # lock key -> (token, expiry): an add that timed out may still have
         # been carried out when the server came back, holding the lock for nobody
         self._doubtful: Dict[str, Tuple[bytes, float]] = {}
+        self._held: Dict[bytes, float] = {}  # tokens of the locks taken, -> when they expire
         self._doubtful_lock = threading.Lock()
         self._next_release = 0.0
 
@@ -110,7 +114,13 @@ class Store:
         if won is False or won:
             if self._doubtful and time.monotonic() >= self._next_release:
                 self._release_doubtful()
-            return token if won else LOST
+            if not won:
+                return LOST
+            now = time.monotonic()
+            if len(self._held) >= HELD_MAX:  # tokens of rebuilds that never ended
+                self._held = {held: expires for held, expires in self._held.items() if expires > now}
+            self._held[token] = now + seconds
+            return token
         # python-memcached answers 0 (not False) when no server could be asked,
         # a timeout included.
         self.failed(f"add {key}: no answer")
@@ -118,9 +128,18 @@ class Store:
         return UNAVAILABLE
 
     def unlock(self, key: str, token: Union[str, bytes]) -> bool:
-        """Release the lock ``key`` if ``token`` holds it; whether it did."""
+        """Release the lock ``key`` if ``token`` holds it; whether it did. One
+        this process took and could not find (its server out of the client's
+        ring for a while, say) is looked for again later, as a doubtful one."""
         if not isinstance(token, bytes):
             return False
+        released = self._release(key, token)
+        expires = self._held.pop(token, None)
+        if not released and expires is not None:
+            self._doubt(key, token, expires - time.monotonic())
+        return released
+
+    def _release(self, key: str, token: bytes) -> bool:
         try:
             held = self.client.get(key)
         except Exception as error:
@@ -148,7 +167,7 @@ class Store:
             self._next_release = now + RELEASE_EVERY
             doubtful = list(self._doubtful.items())
         for key, (token, expires) in doubtful:
-            if expires <= now or self.unlock(key, token):
+            if expires <= now or self._release(key, token):
                 with self._doubtful_lock:
                     if self._doubtful.get(key, (None,))[0] == token:
                         del self._doubtful[key]

@@ -206,3 +206,32 @@ def test_a_doubtful_lock_not_found_yet_is_looked_for_again(monkeypatch):
     assert isinstance(store.lock("l:c", 60), bytes)
     assert cache.get("l:a") is None
     assert isinstance(store.lock("l:a", 60), bytes)
+
+
+class GetsWithoutAnswering:
+    """A MemoryCache whose ``get`` raises while ``failing`` is set."""
+
+    def __init__(self, cache: MemoryCache):
+        self.cache = cache
+        self.failing = False
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def get(self, key):
+        if self.failing:
+            raise TimeoutError("timed out")
+        return self.cache.get(key)
+
+
+def test_a_lock_that_could_not_be_released_is_released_once_the_cache_answers():
+    cache = GetsWithoutAnswering(MemoryCache())
+    store = Store(cache, Stats())
+    token = store.lock("l:a", 60)
+    cache.failing = True
+    assert store.unlock("l:a", token) is False
+    assert cache.cache.get("l:a") == token          # still held, by a request that is done
+    cache.failing = False
+    assert isinstance(store.lock("l:b", 60), bytes)  # answered: l:a is looked for and released
+    assert cache.get("l:a") is None
+    assert store.unlock("l:b", cache.get("l:b")) is True
