@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 Headers = List[Tuple[str, str]]
 
@@ -41,19 +40,21 @@ def _number(text: bytes) -> float:
 
 
 class _Value:
-    """Entries are values: equal when of one kind with equal fields."""
+    """Entries are values: equal when of one kind with equal ``FIELDS``."""
 
     __slots__ = ()
+    FIELDS: Tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+            getattr(self, name) == getattr(other, name) for name in self.FIELDS)
 
 
 class Page(_Value):
     """A stored response and its timing."""
 
-    __slots__ = ("status", "headers", "body", "stored", "ttl", "grace", "stale")
+    FIELDS = ("status", "headers", "body", "stored", "ttl", "grace", "stale")
+    __slots__ = FIELDS + ("_age",)
 
     def __init__(self, status: str, headers: Headers, body: bytes,
                  stored: float, ttl: float, grace: float, stale: float = 0.0):
@@ -64,6 +65,19 @@ class Page(_Value):
         self.ttl = ttl
         self.grace = grace
         self.stale = stale
+        self._age = (0.0, 0.0, ("Age", "0"))  # the last Age header and when it holds
+
+    def age_header(self, now: float) -> Tuple[str, str]:
+        """The ``Age`` header at ``now``: whole seconds since it was stored, 0
+        if the storing host's clock is ahead. Worked out once a second."""
+        start, end, header = self._age
+        if start <= now < end:
+            return header
+        seconds = int(now - self.stored) if now - self.stored >= 1 else 0
+        start = self.stored + seconds if seconds else -math.inf
+        header = ("Age", str(seconds))
+        self._age = (start, self.stored + seconds + 1, header)
+        return header
 
     def state(self, now: float) -> str:
         """FRESH inside the TTL, GRACE inside the grace period, ERROR_ONLY while
@@ -114,7 +128,7 @@ class VaryMarker(_Value):
     marker was stored for; ``purged`` is the time of the last soft purge, which
     ends the TTL of every variant stored before it."""
 
-    __slots__ = ("names", "generation", "stored", "life", "purged")
+    FIELDS = __slots__ = ("names", "generation", "stored", "life", "purged")
 
     def __init__(self, names: Tuple[str, ...], generation: str, stored: float,
                  life: float, purged: float = 0.0):
@@ -136,7 +150,7 @@ class VaryMarker(_Value):
 class Pass(_Value):
     """The last response for this URL could not be stored (hit-for-pass)."""
 
-    __slots__ = ("stored", "reason")
+    FIELDS = __slots__ = ("stored", "reason")
 
     def __init__(self, stored: float, reason: str = ""):
         self.stored = stored
@@ -153,46 +167,12 @@ class Pass(_Value):
 Entry = Union[Page, VaryMarker, Pass]
 
 
-# Pages parsed lately, by the bytes before their body. The same stored page is
-# read again and again (every hit), and the bytes before its body include its
-# stored time: when they and the body are those of a page parsed before, that
-# page (immutable) is the answer, without parsing again or copying the body.
-# Bounded in number and in body bytes; filled only with what parse() accepted.
-_PARSED: Dict[bytes, Page] = {}
-_PAGE_START = MAGIC + b"P "
-_PARSED_MAX = 512             # pages
-_PARSED_BYTES = 4 << 20       # bytes of bodies, all pages together
-_parsed_lock = threading.Lock()
-_parsed_size = 0
-
-
-def _remember(head: bytes, page: Page) -> None:
-    """Keep ``page`` for :func:`parse`, dropping the oldest beyond the bounds."""
-    global _parsed_size
-    size = len(page.body)
-    if size > _PARSED_BYTES // 8:
-        return
-    with _parsed_lock:
-        old = _PARSED.pop(head, None)
-        if old is not None:
-            _parsed_size -= len(old.body)
-        while _PARSED and (len(_PARSED) >= _PARSED_MAX or _parsed_size + size > _PARSED_BYTES):
-            _parsed_size -= len(_PARSED.pop(next(iter(_PARSED))).body)
-        _PARSED[head] = page
-        _parsed_size += size
-
-
 def parse(value: object) -> Optional[Entry]:
     """The entry ``value`` holds, or None if it is not exactly one pagecache wrote."""
     if type(value) is not bytes:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             return None
         value = bytes(value)
-    if value.startswith(_PAGE_START):
-        end = value.find(b"\n\n")
-        known = _PARSED.get(value[:end]) if end > 0 else None
-        if known is not None and len(value) - end - 2 == len(known.body) and value.endswith(known.body):
-            return known
     if not value.startswith(MAGIC):
         return None
     try:
@@ -228,10 +208,8 @@ def _parse_page(value: bytes, newline: int, fields: List[bytes]) -> Optional[Pag
     lines = block.decode("latin-1").split("\n")
     status = lines[0]
     headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-    page = Page(status, headers, value[end + 2:], _number(fields[1]), _number(fields[2]),
+    return Page(status, headers, value[end + 2:], _number(fields[1]), _number(fields[2]),
                 _number(fields[3]), _number(fields[4]))
-    _remember(value[:end], page)
-    return page
 
 
 _NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -134,7 +134,7 @@ class PageCacheMiddleware:
         route = self.routes[request_url(environ)]
         if route.rule is None:
             return self.app(environ, start_response)
-        started = time.perf_counter()
+        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0  # 0: not logged
         if environ.get("REQUEST_METHOD") != "GET" or "HTTP_AUTHORIZATION" in environ \
                 or ("HTTP_COOKIE" in environ and self.bypass_cookies):  # else it can't be bypassed
             reason = http.bypass_reason(environ, self.bypass_cookies)
@@ -449,9 +449,8 @@ class PageCacheMiddleware:
             info = self._labels[MISS]
         else:
             self.stats.incr("hits" if label is HIT else "stale")
-            age = now - page.stored  # whole seconds; 0 if the storing host's clock is ahead
-            info = [("Age", str(int(age)) if age >= 1 else "0")] + self._labels[label]
-        if log.isEnabledFor(logging.DEBUG):
+            info = [page.age_header(now)] + self._labels[label]
+        if started:
             self._log_decision(environ, label, started, why)
         if extra:
             info = list(extra) + info
@@ -485,7 +484,7 @@ class PageCacheMiddleware:
         return http.variant_of(environ, names) if names else None
 
     def _decided(self, environ: Dict, outcome: str, started: float, why: str = "") -> None:
-        if log.isEnabledFor(logging.DEBUG):
+        if started:
             self._log_decision(environ, outcome, started, why)
 
     def _log_decision(self, environ: Dict, outcome: str, started: float, why: str) -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger("pagecache")
 WARN_EVERY = 10.0
 DOUBTFUL_MAX = 32            # locks whose add got no answer, remembered for release
 RELEASE_EVERY = 1.0          # seconds between looks for them
+PARSED_MAX = 512             # entries kept parsed, by key
+PARSED_BYTES = 4 << 20       # bytes they take, as read and as parsed
 HELD_MAX = 1024              # locks taken and not yet released, before expired ones are forgotten
 LOST = "lost"                # another request holds the lock
 UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
@@ -53,6 +55,12 @@ class Store:
         self._held: Dict[bytes, float] = {}  # tokens of the locks taken, -> when they expire
         self._doubtful_lock = threading.Lock()
         self._next_release = 0.0
+        # key -> (bytes, entry, size) of the entries read lately: every hit reads
+        # the same bytes again, and entries are immutable, so the entry parsed
+        # last time is the answer, without parsing again or copying the body
+        self._parsed: Dict[str, Tuple[bytes, entries.Entry, int]] = {}
+        self._parsed_size = 0
+        self._parsed_lock = threading.Lock()
 
     def failed(self, what: str) -> None:
         """Count a failed cache operation and log it, rate-limited."""
@@ -76,7 +84,30 @@ class Store:
             return None
         if value is None:
             return None
-        return entries.parse(value)
+        known = self._parsed.get(key)
+        if known is not None and known[0] == value:
+            return known[1]
+        return self._parse(key, value)
+
+    def _parse(self, key: str, value: Any) -> Optional[entries.Entry]:
+        """Parse ``value`` and keep what it gave for the next :meth:`load`,
+        the oldest dropped beyond :data:`PARSED_MAX` or :data:`PARSED_BYTES`."""
+        entry = entries.parse(value)
+        if entry is None or type(value) is not bytes:
+            return entry
+        size = len(value) + len(getattr(entry, "body", b""))
+        if size > PARSED_BYTES // 8:
+            return entry
+        with self._parsed_lock:
+            old = self._parsed.pop(key, None)
+            if old is not None:
+                self._parsed_size -= old[2]
+            while self._parsed and (len(self._parsed) >= PARSED_MAX
+                                    or self._parsed_size + size > PARSED_BYTES):
+                self._parsed_size -= self._parsed.pop(next(iter(self._parsed)))[2]
+            self._parsed[key] = (value, entry, size)
+            self._parsed_size += size
+        return entry
 
     def save(self, key: str, item: entries.Entry, seconds: float) -> bool:
         """Store ``item`` for ``seconds``; False if the cache did not take it."""

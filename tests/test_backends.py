@@ -9,7 +9,9 @@ from pagecache import ConfigError
 from pagecache.backends import (ITEM_OVERHEAD, THIRTY_DAYS, MemoryCache, expiry_time,
                                 memcached_client, parse_servers)
 from pagecache.stats import Stats
+from pagecache import entry as entry_module
 from pagecache import store as store_module
+from pagecache.entry import Page
 from pagecache.store import DOUBTFUL_MAX, UNAVAILABLE, Store
 
 from .conftest import Clock
@@ -235,3 +237,56 @@ def test_a_lock_that_could_not_be_released_is_released_once_the_cache_answers():
     assert isinstance(store.lock("l:b", 60), bytes)  # answered: l:a is looked for and released
     assert cache.get("l:a") is None
     assert store.unlock("l:b", cache.get("l:b")) is True
+
+
+def test_an_entry_read_again_is_not_parsed_again(monkeypatch):
+    parsed = []
+    real_parse = entry_module.parse
+    monkeypatch.setattr(entry_module, "parse", lambda value: parsed.append(value) or real_parse(value))
+    cache = MemoryCache()
+    store = Store(cache, Stats())
+    first = Page("200 OK", [("Content-Type", "text/plain")], b"one", 1000.0, 30.0, 60.0)
+    cache.set("p:a", first.to_bytes())
+    assert store.load("p:a") == first and store.load("p:a") is store.load("p:a")
+    assert len(parsed) == 1
+    second = Page("200 OK", [("Content-Type", "text/plain")], b"two", 1001.0, 30.0, 60.0)
+    cache.set("p:a", second.to_bytes())           # another page under the same key
+    assert store.load("p:a") == second and len(parsed) == 2
+    cache.set("p:a", b"PC1 garbage")
+    assert store.load("p:a") is None and store.load("p:a") is None and len(parsed) == 4
+
+
+class AnswersBytearray(MemoryCache):
+    def get(self, key):
+        value = super().get(key)
+        return None if value is None else bytearray(value)
+
+
+def test_values_that_are_not_bytes_are_parsed_each_time(monkeypatch):
+    parsed = []
+    real_parse = entry_module.parse
+    monkeypatch.setattr(entry_module, "parse", lambda value: parsed.append(value) or real_parse(value))
+    cache = AnswersBytearray()
+    store = Store(cache, Stats())
+    page = Page("200 OK", [], b"one", 1000.0, 30.0, 60.0)
+    cache.set("p:a", page.to_bytes())
+    assert store.load("p:a") == page and store.load("p:a") == page and len(parsed) == 2
+
+
+def test_entries_kept_parsed_are_bounded_in_number_and_bytes(monkeypatch):
+    monkeypatch.setattr(store_module, "PARSED_MAX", 4)
+    monkeypatch.setattr(store_module, "PARSED_BYTES", 8000)
+    cache = MemoryCache()
+    store = Store(cache, Stats())
+    for number in range(6):
+        cache.set(f"p:{number}", Page("200 OK", [], b"x" * 100, 1000.0, 30.0, 60.0).to_bytes())
+        store.load(f"p:{number}")
+    assert list(store._parsed) == ["p:2", "p:3", "p:4", "p:5"]
+    cache.set("p:big", Page("200 OK", [], b"x" * 1000, 1000.0, 30.0, 60.0).to_bytes())
+    store.load("p:big")                           # over an eighth of the bytes: not kept
+    assert "p:big" not in store._parsed
+    for number in range(4):
+        cache.set(f"p:mid{number}", Page("200 OK", [], b"x" * 400, 1000.0, 30.0, 60.0).to_bytes())
+        store.load(f"p:mid{number}")
+    assert store._parsed_size <= 8000 and sum(size for _, _, size in store._parsed.values()) == store._parsed_size
+    assert "p:mid3" in store._parsed and "p:2" not in store._parsed

@@ -35,6 +35,15 @@ def test_states_follow_ttl_grace_and_stale_if_error():
     assert p.state(1210.0) is EXPIRED
 
 
+def test_age_header_is_whole_seconds_since_stored_whatever_order_requests_come_in():
+    p = page(stored=1000.25)
+    ages = [(now, p.age_header(now)[1]) for now in
+            (1000.5, 1001.25, 1002.2, 1001.3, 1001.24, 999.0, 1000.25, 1003.0, 4600.3)]
+    assert ages == [(1000.5, "0"), (1001.25, "1"), (1002.2, "1"), (1001.3, "1"), (1001.24, "0"),
+                    (999.0, "0"), (1000.25, "0"), (1003.0, "2"), (4600.3, "3600")]
+    assert p == page(stored=1000.25) and parse(p.to_bytes()) == p  # not part of the value
+
+
 def test_soft_expiry_ends_the_ttl_and_keeps_the_grace():
     p = page(stored=1000.0, ttl=30, grace=120).expired_at(1010.0)
     assert p.state(1010.0) is GRACE and p.state(1129.9) is GRACE and p.state(1130.0) is EXPIRED
