@@ -11,6 +11,7 @@ unpickled or decompressed.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -161,8 +162,20 @@ def _python_memcached_client(addresses, timeout, retry, on_error):
                   unpickler=_refuse_unpickling, decompressor=_refuse_unpickling)
 
 
+def _score(text: str, seed: int = 0) -> int:
+    """A node's rendezvous score for a key: blake2b (in C) where pymemcache
+    uses murmur3 in pure Python, which costs some 10 µs for a 50-byte key."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8,
+                                          salt=seed.to_bytes(8, "big")).digest(), "big")
+
+
 def _pymemcache_client(addresses, timeout, retry):
     from pymemcache.client.hash import HashClient
+    from pymemcache.client.rendezvous import RendezvousHash
+
+    class Hasher(RendezvousHash):
+        def __init__(self, nodes=None, seed=0):
+            super().__init__(nodes, seed, hash_function=_score)
 
     class Client(HashClient):
         """HashClient that brings each dead server back ``retry`` seconds after
@@ -195,7 +208,7 @@ def _pymemcache_client(addresses, timeout, retry):
                 else:
                     self._failed_clients.pop(server, None)
 
-    return Client(addresses, connect_timeout=timeout, timeout=timeout, dead_timeout=retry,
+    return Client(addresses, hasher=Hasher, connect_timeout=timeout, timeout=timeout, dead_timeout=retry,
                   retry_attempts=0, use_pooling=True, ignore_exc=False, default_noreply=False)
 
 

@@ -1,5 +1,10 @@
 """The two backends: the embedded MemoryCache and memcached through both clients."""
 
+import collections
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -290,3 +295,24 @@ def test_entries_kept_parsed_are_bounded_in_number_and_bytes(monkeypatch):
         store.load(f"p:mid{number}")
     assert store._parsed_size <= 8000 and sum(size for _, _, size in store._parsed.values()) == store._parsed_size
     assert "p:mid3" in store._parsed and "p:2" not in store._parsed
+
+
+def test_pymemcache_spreads_keys_over_its_servers_the_same_way_in_every_process():
+    servers = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]  # never contacted: only the choice of server
+    keys = [f"pagecache:p:{number:032x}" for number in range(600)]
+    script = ("import json, sys; from pagecache.backends import memcached_client; "
+              "client = memcached_client(json.loads(sys.argv[1]), 'pymemcache', 0.1, 1); "
+              "print(json.dumps([client.hasher.get_node(k) for k in json.loads(sys.argv[2])]))")
+    chosen = []
+    for hash_seed in ("1", "2"):  # str hashes differ between these processes
+        completed = subprocess.run([sys.executable, "-c", script, json.dumps(servers), json.dumps(keys)],
+                                   capture_output=True, text=True, check=True,
+                                   env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        chosen.append(json.loads(completed.stdout))
+    assert chosen[0] == chosen[1]
+    counts = collections.Counter(chosen[0])
+    assert sorted(counts) == servers and min(counts.values()) > 150
+    client = memcached_client(servers, "pymemcache", 0.1, 1)
+    assert [client.hasher.get_node(key) for key in keys] == chosen[0]
+    client.hasher.remove_node("127.0.0.1:2")  # a server leaves: only its keys move
+    assert all(client.hasher.get_node(key) == node for key, node in zip(keys, chosen[0]) if node != "127.0.0.1:2")
