@@ -171,25 +171,36 @@ class Load(NamedTuple):
     requests: int    # requests completed
 
 
-def load(url: str, connections: int, seconds: float) -> Load:
-    """What a load generator in another process got from ``url`` with
-    ``connections`` keep-alive connections for ``seconds``: wrk if given, else
-    the Python one below. Any non-2xx answer or socket error is an error."""
+def load(urls: Sequence[str], connections: int, seconds: float) -> List[Load]:
+    """What load generators got from ``urls``, one in a process of its own per
+    URL, all running at once, each with ``connections`` keep-alive connections
+    for ``seconds``: wrk if given, else the Python one below. Any non-2xx
+    answer or socket error is an error."""
     wrk = wrk_path()
     if wrk:
         seconds = max(1, round(seconds))  # wrk takes whole seconds
-        completed = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", url],
-                                   capture_output=True, text=True, timeout=seconds + 60)
-        out = completed.stdout
-        if completed.returncode != 0 or "Requests/sec:" not in out:
-            raise RuntimeError(f"wrk failed: {completed.stderr or out}")
-        if "Non-2xx" in out or re.search(r"Socket errors: .*(?:read|write|timeout) [1-9]", out):
-            raise RuntimeError(f"wrk saw errors:\n{out}")
-        return Load(float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1)),
-                    int(re.search(r"(\d+) requests in", out).group(1)))
-    answer = run_child(os.path.abspath(__file__), "loadgen", url, str(connections), str(seconds),
-                       timeout=seconds + 60)
-    return Load(float(answer["rps"]), int(answer["requests"]))
+        commands = [[wrk, "-t1", f"-c{connections}", f"-d{seconds}s", url] for url in urls]
+    else:
+        commands = [[sys.executable, os.path.abspath(__file__), "loadgen", url, str(connections), str(seconds)]
+                    for url in urls]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                 for command in commands]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=seconds + 60)
+        if wrk:
+            if process.returncode != 0 or "Requests/sec:" not in out:
+                raise RuntimeError(f"wrk failed: {err or out}")
+            if "Non-2xx" in out or re.search(r"Socket errors: .*(?:read|write|timeout) [1-9]", out):
+                raise RuntimeError(f"wrk saw errors:\n{out}")
+            results.append(Load(float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1)),
+                                int(re.search(r"(\d+) requests in", out).group(1))))
+        else:
+            if process.returncode != 0:
+                raise RuntimeError(f"the load generator failed ({process.returncode}):\n{err}")
+            answer = json.loads(out.strip().splitlines()[-1])
+            results.append(Load(float(answer["rps"]), int(answer["requests"])))
+    return results
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,15 +2,16 @@
 
 Each application below is served by waitress (same number of threads) in a
 process of its own (:class:`tests.servers.AppServer`), a fresh one for every
-run, and a load generator in another process (``wrk -t1`` when
-``PAGECACHE_WRK`` names it, as ``dev.py bench`` does; else the Python one in
-``common.py``) asks it for a 5 KB page over keep-alive connections on
-loopback, for a second of warm-up and then a few seconds. The two sides of a
-comparison run in turns (a b, b a, a b, ...); the figure is the median of the
-per-turn ratios, so a burst of other work on the machine spoils one turn, not
-the result. Both sides' memcached clients have the same settings (2 s timeout,
-1 s retry). The server process's CPU time per request is shown as well (an
-information line, steadier than requests/s when the machine is busy).
+turn. In a turn, both sides of a comparison are served at once, each asked for
+a 5 KB page over keep-alive connections on loopback by a load generator of its
+own (``wrk -t1`` when ``PAGECACHE_WRK`` names it, as ``dev.py bench`` does;
+else the Python one in ``common.py``), for a second of warm-up and then a few
+seconds. The figure is the median of the per-turn ratios of requests answered:
+whatever else the machine does falls on both sides alike, and a turn it spoils
+does not move the median. A control line compares the hand-written application
+with another process of itself, to show how precise that is on the machine at
+hand. Both sides' memcached clients have the same settings (2 s timeout, 1 s
+retry). The server process's CPU time per request is shown as well.
 
 1. pagecache as configured from an INI file (``paste.deploy.loadapp``:
    ``egg:pagecache#main`` in front of the page's application), every request a
@@ -133,7 +134,7 @@ def check(url: str, cached: bool) -> None:
 
 
 class Side:
-    """What one side of a comparison got in each of its runs."""
+    """What one side of a comparison got in each turn."""
 
     def __init__(self, name: str):
         self.name = name
@@ -142,43 +143,51 @@ class Side:
 
     def summary(self) -> str:
         return (f"{self.name}: median {statistics.median(self.rates):.0f} req/s "
-                f"(runs: {', '.join(f'{r:.0f}' for r in self.rates)}), server CPU "
+                f"(turns: {', '.join(f'{r:.0f}' for r in self.rates)}), server CPU "
                 f"{statistics.median(self.cpu) * 1e6:.0f} µs/request")
 
 
-def run_side(make: Callable, side: Side, options: argparse.Namespace) -> float:
-    """One turn of one side: a fresh server process, warmed up for a second,
-    then measured for ``options.seconds``; its requests/s."""
-    app_server = AppServer(make, threads=options.threads).start()
+def turn(makers: Dict[str, Callable], sides: Dict[str, Side], options: argparse.Namespace) -> Dict[str, int]:
+    """One turn: a fresh server process per side, both loaded at once for a
+    second of warm-up and then ``options.seconds``; the requests each answered."""
+    servers = {}
     try:
-        check(app_server.url + PATH, cached=side.name.startswith("pagecache"))
-        common.load(app_server.url + PATH, options.connections, 1)  # connections, caches, CPU governor
-        pid = app_server.process.pid
-        cpu_before = common.cpu_seconds(pid)
-        got = common.load(app_server.url + PATH, options.connections, options.seconds)
-        side.rates.append(got.rps)
-        side.cpu.append((common.cpu_seconds(pid) - cpu_before) / max(1, got.requests))
-        return got.rps
+        for name in sides:
+            servers[name] = AppServer(makers[name], threads=options.threads).start()
+        urls = [servers[name].url + PATH for name in sides]
+        for name, url in zip(sides, urls):
+            check(url, cached=name.startswith("pagecache"))
+        common.load(urls, options.connections, 1)  # connections, caches, CPU governor
+        cpu_before = {name: common.cpu_seconds(servers[name].process.pid) for name in sides}
+        got = dict(zip(sides, common.load(urls, options.connections, options.seconds)))
+        for name, side in sides.items():
+            side.rates.append(got[name].rps)
+            used = common.cpu_seconds(servers[name].process.pid) - cpu_before[name]
+            side.cpu.append(used / max(1, got[name].requests))
+        return {name: got[name].requests for name in sides}
     finally:
-        app_server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def compare(makers: Dict[str, Callable], a: str, b: str,
             options: argparse.Namespace) -> Tuple[float, float]:
-    """The median over runs in turns (a b, b a, a b, ...) of the ratio of the
-    requests/s of ``a`` to those of ``b`` in the same turn; and the ratio of
-    their median server CPU time per request.
+    """The median over turns of the ratio of the requests ``a`` answered to
+    those ``b`` answered in the same turn; and the ratio of their median
+    server CPU time per request.
 
-    Each run has server processes of its own: two processes of the same
-    application were seen to differ by up to 4% in CPU per request (where
+    Both sides are loaded at the same time, so what the rest of the machine
+    does (here it moved one side's requests/s by up to a factor of two from
+    one second to the next) falls on both alike. Each turn has server
+    processes of its own, started in alternating order: two processes of the
+    same application were seen to differ by up to 4% in CPU per request (where
     their threads and memcached connections landed), so that luck is drawn
-    anew for every turn instead of once for the whole comparison."""
-    sides = {a: Side(a), b: Side(b)}
+    anew every turn instead of once for the whole comparison."""
     ratios = []
+    sides = {a: Side(a), b: Side(b)}
     for repeat in range(options.repeats):
-        got = {}
-        for name in ((a, b) if repeat % 2 == 0 else (b, a)):
-            got[name] = run_side(makers[name], sides[name], options)
+        order = (a, b) if repeat % 2 == 0 else (b, a)
+        got = turn(makers, {name: sides[name] for name in order}, options)
         ratios.append(got[a] / got[b])
     for side in sides.values():
         common.note(side.summary())
@@ -189,8 +198,8 @@ def compare(makers: Dict[str, Callable], a: str, b: str,
 
 def main(args: list) -> int:
     parser = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=2, help="length of one run (whole seconds)")
-    parser.add_argument("--repeats", type=int, default=11, help="runs of each side")
+    parser.add_argument("--seconds", type=int, default=2, help="length of one turn (whole seconds)")
+    parser.add_argument("--repeats", type=int, default=11, help="turns per comparison")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads")
     parser.add_argument("--clients", default=",".join(common.CLIENTS), help="memcached client libraries")
@@ -198,7 +207,7 @@ def main(args: list) -> int:
     libraries = [name for name in options.clients.split(",") if name]
     print(f"throughput: waitress ({options.threads} threads) in its own process, "
           f"{common.load_generator_name()}, {options.connections} connections, "
-          f"{options.repeats} x {options.seconds:g}s per side, 5 KB page")
+          f"{options.repeats} turns of {options.seconds:g}s, both sides at once, 5 KB page")
     with common.memcached() as server, tempfile.TemporaryDirectory(prefix="pagecache-bench-") as directory:
         seed = memcached_client([server.address], "python-memcached")
         if not seed.set(RAW_KEY, BODY, time=0):
@@ -211,6 +220,10 @@ def main(args: list) -> int:
                                                           "python-memcached", local_ttl=1)
         makers["get app with a hit's headers"] = get_app_factory(server.address, "python-memcached",
                                                                  HIT_HEADERS)
+        makers["get app, another process"] = makers[f"get app/{libraries[0]}"]
+        ratio, cpu = compare(makers, "get app, another process", f"get app/{libraries[0]}", options)
+        common.result(f"control: get app / itself (req/s), {libraries[0]}", ratio)
+        common.result("  same, server CPU per request (lower is better)", cpu)
         for library in libraries:
             ratio, cpu = compare(makers, f"pagecache/{library}", f"get app/{library}", options)
             common.result(f"hits via {library} / get-and-return app (req/s)", ratio, ">= 0.95")
