@@ -244,10 +244,16 @@ def test_a_lock_that_could_not_be_released_is_released_once_the_cache_answers():
     assert store.unlock("l:b", cache.get("l:b")) is True
 
 
-def test_an_entry_read_again_is_not_parsed_again(monkeypatch):
-    parsed = []
+@pytest.fixture
+def parsed(monkeypatch):
+    """The values parsed since the test began."""
+    values = []
     real_parse = entry_module.parse
-    monkeypatch.setattr(entry_module, "parse", lambda value: parsed.append(value) or real_parse(value))
+    monkeypatch.setattr(entry_module, "parse", lambda value: values.append(value) or real_parse(value))
+    return values
+
+
+def test_an_entry_read_again_is_not_parsed_again(parsed):
     cache = MemoryCache()
     store = Store(cache, Stats())
     first = Page("200 OK", [("Content-Type", "text/plain")], b"one", 1000.0, 30.0, 60.0)
@@ -267,10 +273,7 @@ class AnswersBytearray(MemoryCache):
         return None if value is None else bytearray(value)
 
 
-def test_values_that_are_not_bytes_are_parsed_each_time(monkeypatch):
-    parsed = []
-    real_parse = entry_module.parse
-    monkeypatch.setattr(entry_module, "parse", lambda value: parsed.append(value) or real_parse(value))
+def test_values_that_are_not_bytes_are_parsed_each_time(parsed):
     cache = AnswersBytearray()
     store = Store(cache, Stats())
     page = Page("200 OK", [], b"one", 1000.0, 30.0, 60.0)
