@@ -15,6 +15,7 @@ released, until it would have expired anyway.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -33,8 +34,16 @@ RELEASE_EVERY = 1.0          # seconds between looks for them
 PARSED_MAX = 512             # entries kept parsed, by key
 PARSED_BYTES = 4 << 20       # bytes they take, as read and as parsed
 HELD_MAX = 1024              # locks taken and not yet released, before expired ones are forgotten
-LOST = "lost"                # another request holds the lock
-UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
+
+
+class LockState(enum.Enum):
+    """A lock request that was not won (a won one is its token, bytes)."""
+
+    LOST = "lost"                # another request holds the lock
+    UNAVAILABLE = "unavailable"  # the cache did not answer: nobody can hold the lock
+
+
+LOST, UNAVAILABLE = LockState.LOST, LockState.UNAVAILABLE
 
 
 class Store:
@@ -132,7 +141,7 @@ class Store:
             self.failed(f"delete {key}: {error!r}")
             return False
 
-    def lock(self, key: str, seconds: float) -> Union[str, bytes]:
+    def lock(self, key: str, seconds: float) -> Union[LockState, bytes]:
         """Take the lock ``key`` for at most ``seconds``: a token (bytes) if won,
         else LOST, or UNAVAILABLE if the cache could not say."""
         token = os.urandom(12).hex().encode("ascii")
@@ -158,7 +167,7 @@ class Store:
         self._doubt(key, token, seconds)
         return UNAVAILABLE
 
-    def unlock(self, key: str, token: Union[str, bytes]) -> bool:
+    def unlock(self, key: str, token: Union[LockState, bytes]) -> bool:
         """Release the lock ``key`` if ``token`` holds it; whether it did. One
         this process took and could not find (its server out of the client's
         ring for a while, say) is looked for again later, as a doubtful one."""
