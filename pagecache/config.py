@@ -173,6 +173,15 @@ def url_path(value: Any) -> str:
     return text
 
 
+def header_names(value: Any) -> Tuple[str, ...]:
+    """HTTP header names, such as ``X-Tenant X-Debug-Path``."""
+    names = words(value)
+    for name in names:
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+    return names
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     """A converter accepting exactly one of ``choices``."""
     def convert(value: Any) -> str:
@@ -200,9 +209,14 @@ OPTIONS: Dict[str, Option] = {
     "key_prefix": Option(key_prefix, "pagecache", "namespace of every key, so apps can share a memcached"),
     "charset": Option(charset, "utf-8", "how request paths are decoded before rules match them"),
     "status_header": Option(header_name, "X-Cache", "response header saying HIT/STALE/MISS/BYPASS; empty: none"),
-    "bypass_cookies": Option(words, (), "cookie names whose presence sends a request past the cache"),
-    "cache_statuses": Option(statuses, frozenset({200, 203, 300, 301, 308, 404, 410}),
+    "bypass_cookies": Option(words, (), "cookie names that send a request past the cache; none: any cookie does"),
+    "cookie_responses": Option(one_of("pass", "strip"), "pass",
+                               "responses setting cookies: pass (not stored) or strip (stored without them)"),
+    "strip_request_headers": Option(header_names, (),
+                                    "more request headers the application never sees when it fills the cache"),
+    "cache_statuses": Option(statuses, frozenset({200, 203, 300, 301, 308}),
                              "response statuses that may be stored"),
+    "negative_ttl": Option(duration, 10.0, "longest life of a stored 404 or 410 (when cache_statuses lists them)"),
     "max_entry_size": Option(size, 1000 << 10, "largest body stored; larger ones stream through"),
     "ignore_query": Option(words, (), "query parameters left out of the key (utm_source ...)"),
     "sort_query": Option(boolean, False, "key ?a=1&b=2 and ?b=2&a=1 as one page"),
@@ -214,6 +228,7 @@ OPTIONS: Dict[str, Option] = {
     "uncacheable_ttl": Option(duration, 10.0, "how long a URL whose response may not be stored skips the lock"),
     "local_ttl": Option(duration, 0.0, "seconds a page may be served from process memory; 0: off"),
     "local_size": Option(positive_int, 1000, "most pages held in process memory"),
+    "local_memory_limit": Option(size, 16 << 20, "most bytes of pages held in process memory"),
     "purge_allowed": Option(networks, (), "networks allowed PURGE and stats; none: PURGE goes to the app"),
     "stats_path": Option(url_path, "", "path serving the counters as JSON; empty: off"),
 }

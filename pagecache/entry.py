@@ -3,32 +3,56 @@
 Three kinds of value live under a page's key:
 
 * :class:`Page`: a response (status, headers, body) with the time it was
-  stored and its TTL, grace period and stale-if-error window;
+  stored and its lifetimes, the tags it carries and how its body is held;
 * :class:`VaryMarker`: "this URL's response varies on these request headers";
   the page itself is stored under a variant key;
 * :class:`Pass`: "this URL's last response could not be stored"; requests go
-  straight to the application until the marker expires.
+  to the application without waiting on each other until the marker expires,
+  and the first response that may be stored replaces it (hit-for-miss).
 
-The format is a one-line ASCII header, then for a page the status line and
-header lines (latin-1, as in WSGI), a blank line and the body. It is never
-pickle: :func:`parse` accepts exactly what :meth:`to_bytes` writes and returns
-``None`` for anything else (another program's value, a truncated write, an
-older format), which the middleware treats as a miss.
+The format is a one-line ASCII header giving every length, then for a page
+its tags, its status line and header lines (latin-1, as in WSGI) and its
+body. It is never pickle: :func:`parse` accepts exactly what ``to_bytes``
+writes and returns ``None`` for anything else (another program's value, a
+truncated write, an older format), which the middleware treats as a miss.
+What it reads is filtered again: whoever wrote the entry, a page read back
+never carries ``Set-Cookie``, hop-by-hop headers or ``Age``, and never a
+``Content-Length`` other than its body's.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import List, Optional, Tuple, Union
+from typing import FrozenSet, List, Optional, Tuple, Union
 
 Headers = List[Tuple[str, str]]
 
-MAGIC = b"PC1 "
+MAGIC = b"PC2 "
 FRESH, GRACE, ERROR_ONLY, EXPIRED = "fresh", "grace", "error-only", "expired"
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Never stored and never sent from a stored entry: hop-by-hop headers, cookies,
+# the age (pagecache says it), and what is meant for pagecache alone or for
+# one client alone (RFC 9111, 3.1).
+NEVER_STORED = HOP_BY_HOP | {"set-cookie", "age", "proxy-authentication-info", "surrogate-control",
+                             "www-authenticate-shared"}
+
+# flags of a page
+MUST_REVALIDATE = "r"   # never served stale: must-revalidate, proxy-revalidate or no-cache
+VALIDATORS = "v"        # its ETag / Last-Modified are the application's: it can be revalidated
+SHARED = "s"            # may be served to requests with cookies (ESI with Cache-Control: public)
+ESI = "e"               # the body is ESI parts (pagecache.esi.to_bytes)
+FLAGS = MUST_REVALIDATE + VALIDATORS + SHARED + ESI
 
 _HEAD = re.compile(rb"[1-5]\d\d(?: [^\r\n]*)?(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+: [^\r\n]*)*\Z")
 _TOKEN = re.compile(r"^[0-9a-f]{1,32}$")
+_TAG = re.compile(r"^[!-~]{1,200}$")
+_FLAGS = re.compile(r"^(?:-|[" + FLAGS + r"]{1,4})$")
+_ENCODING = re.compile(r"^(?:-|gzip|br)$")
 _REASON = re.compile(rb"[ -~]{0,200}\n\Z")  # what Pass.to_bytes writes after its first line
 
 
@@ -37,6 +61,12 @@ def _number(text: bytes) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(text)
     return value
+
+
+def _length(text: bytes) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 class _Value:
@@ -51,13 +81,25 @@ class _Value:
 
 
 class Page(_Value):
-    """A stored response and its timing."""
+    """A stored response and its timing.
 
-    FIELDS = ("status", "headers", "body", "stored", "ttl", "grace", "stale")
-    __slots__ = FIELDS + ("_age",)
+    ``stored`` is when the response was generated (its age counts from it),
+    ``ttl`` how long it is fresh, ``grace`` how long after that it may be
+    served stale while one request rebuilds it, ``stale`` how much longer it
+    may stand in for a failing application, and ``keep`` how much longer
+    again it is kept only to be revalidated. ``flags`` hold the letters of
+    :data:`FLAGS`; ``encoding`` is the body's content coding (``""`` for
+    identity) and ``identity_length`` its length decoded; ``tags`` are the
+    tags it was stored with."""
+
+    FIELDS = ("status", "headers", "body", "stored", "ttl", "grace", "stale", "keep", "flags",
+              "encoding", "identity_length", "tags")
+    __slots__ = FIELDS + ("_age", "_memo")
 
     def __init__(self, status: str, headers: Headers, body: bytes,
-                 stored: float, ttl: float, grace: float, stale: float = 0.0):
+                 stored: float, ttl: float, grace: float, stale: float = 0.0, *,
+                 keep: float = 0.0, flags: str = "", encoding: str = "",
+                 identity_length: Optional[int] = None, tags: Tuple[str, ...] = ()):
         self.status = status
         self.headers = headers
         self.body = body
@@ -65,7 +107,20 @@ class Page(_Value):
         self.ttl = ttl
         self.grace = grace
         self.stale = stale
+        self.keep = keep
+        self.flags = flags
+        self.encoding = encoding
+        self.identity_length = len(body) if identity_length is None else identity_length
+        self.tags = tags
         self._age = (0.0, 0.0, ("Age", "0"))  # the last Age header and when it holds
+        self._memo: Optional[dict] = None      # what delivery works out once per page
+
+    def memo(self) -> dict:
+        """A dict for what delivery works out once per stored page (not part of its value)."""
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        return memo
 
     def age_header(self, now: float) -> Tuple[str, str]:
         """The ``Age`` header at ``now``: whole seconds since it was stored, 0
@@ -81,10 +136,13 @@ class Page(_Value):
 
     def state(self, now: float) -> str:
         """FRESH inside the TTL, GRACE inside the grace period, ERROR_ONLY while
-        it may only cover an application error, EXPIRED after that."""
+        it may only cover an application error, EXPIRED after that (or at
+        once after the TTL when it must be revalidated)."""
         age = now - self.stored
         if age < self.ttl:
             return FRESH
+        if MUST_REVALIDATE in self.flags:
+            return EXPIRED
         if age < self.ttl + self.grace:
             return GRACE
         if age < self.ttl + self.grace + self.stale:
@@ -93,12 +151,22 @@ class Page(_Value):
 
     def lifetime(self) -> float:
         """Seconds from storing until the page is of no use at all."""
-        return self.ttl + self.grace + self.stale
+        return self.ttl + self.grace + self.stale + self.keep
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
 
     def expired_at(self, when: float) -> "Page":
         """A copy whose TTL ends at ``when`` (a soft purge), grace unchanged."""
-        ttl = min(self.ttl, max(0.0, when - self.stored))
-        return Page(self.status, self.headers, self.body, self.stored, ttl, self.grace, self.stale)
+        return self.replace(ttl=min(self.ttl, max(0.0, when - self.stored)))
+
+    def replace(self, **changes: object) -> "Page":
+        """A copy with ``changes`` to its fields."""
+        fields = {name: getattr(self, name) for name in self.FIELDS}
+        fields.update(changes)
+        status, headers, body = fields.pop("status"), fields.pop("headers"), fields.pop("body")
+        stored, ttl, grace = fields.pop("stored"), fields.pop("ttl"), fields.pop("grace")
+        return Page(status, headers, body, stored, ttl, grace, **fields)
 
     def header(self, name: str) -> Optional[str]:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -109,14 +177,12 @@ class Page(_Value):
         return None
 
     def to_bytes(self) -> bytes:
-        head = "\n".join([self.status] + [f"{k}: {v}" for k, v in self.headers])
-        return b"".join((
-            MAGIC,
-            f"P {self.stored!r} {self.ttl!r} {self.grace!r} {self.stale!r} {len(self.body)}\n".encode("ascii"),
-            head.encode("latin-1"),
-            b"\n\n",
-            self.body,
-        ))
+        head = "\n".join([self.status] + [f"{k}: {v}" for k, v in self.headers]).encode("latin-1")
+        tags = " ".join(self.tags).encode("ascii")
+        line = (f"P {self.stored!r} {self.ttl!r} {self.grace!r} {self.stale!r} {self.keep!r} "
+                f"{self.flags or '-'} {self.encoding or '-'} {self.identity_length} "
+                f"{len(tags)} {len(head)} {len(self.body)}\n")
+        return b"".join((MAGIC, line.encode("ascii"), tags, head, self.body))
 
     def __repr__(self) -> str:
         return f"<Page {self.status!r} {len(self.body)} bytes stored={self.stored:.3f} ttl={self.ttl:g}>"
@@ -148,7 +214,7 @@ class VaryMarker(_Value):
 
 
 class Pass(_Value):
-    """The last response for this URL could not be stored (hit-for-pass)."""
+    """The last response for this URL could not be stored (hit-for-miss)."""
 
     FIELDS = __slots__ = ("stored", "reason")
 
@@ -167,8 +233,10 @@ class Pass(_Value):
 Entry = Union[Page, VaryMarker, Pass]
 
 
-def parse(value: object) -> Optional[Entry]:
-    """The entry ``value`` holds, or None if it is not exactly one pagecache wrote."""
+def parse(value: object, never_sent: FrozenSet[str] = frozenset()) -> Optional[Entry]:
+    """The entry ``value`` holds, or None if it is not exactly one pagecache
+    wrote. A page's headers named in :data:`NEVER_STORED` or ``never_sent``
+    (lower-case) are dropped."""
     if type(value) is not bytes:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             return None
@@ -179,8 +247,8 @@ def parse(value: object) -> Optional[Entry]:
         newline = value.index(b"\n")
         fields = value[4:newline].split(b" ")
         kind = fields[0]
-        if kind == b"P" and len(fields) == 6:
-            return _parse_page(value, newline, fields)
+        if kind == b"P" and len(fields) == 12:
+            return _parse_page(value, newline, fields, never_sent)
         if kind == b"V" and len(fields) == 5 and value.endswith(b"\n"):
             names = tuple(value[newline + 1:-1].decode("ascii").split(" "))
             generation = fields[4].decode("ascii")
@@ -195,21 +263,37 @@ def parse(value: object) -> Optional[Entry]:
     return None
 
 
-def _parse_page(value: bytes, newline: int, fields: List[bytes]) -> Optional[Page]:
-    end = value.find(b"\n\n", newline)
-    if end < 0:
+def _parse_page(value: bytes, newline: int, fields: List[bytes], never_sent: FrozenSet[str]) -> Optional[Page]:
+    flags, encoding = fields[6].decode("ascii"), fields[7].decode("ascii")
+    if not _FLAGS.match(flags) or not _ENCODING.match(encoding):
         return None
-    body_length = int(fields[5])
-    if len(value) - end - 2 != body_length:
+    identity_length, tags_length, head_length, body_length = (_length(f) for f in fields[8:12])
+    start = newline + 1
+    if len(value) != start + tags_length + head_length + body_length:
         return None
-    block = value[newline + 1:end]
+    tags = tuple(value[start:start + tags_length].decode("ascii").split(" ")) if tags_length else ()
+    if not all(_TAG.match(tag) for tag in tags):
+        return None
+    block = value[start + tags_length:start + tags_length + head_length]
     if not _HEAD.match(block):
         return None
+    body = value[start + tags_length + head_length:]
     lines = block.decode("latin-1").split("\n")
-    status = lines[0]
-    headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-    return Page(status, headers, value[end + 2:], _number(fields[1]), _number(fields[2]),
-                _number(fields[3]), _number(fields[4]))
+    pairs = [line.split(": ", 1) for line in lines[1:]]
+    named = {token.strip(" \t").lower() for name, text in pairs if name.lower() == "connection"
+             for token in text.split(",")}
+    headers = []
+    for name, text in pairs:
+        lower = name.lower()
+        if lower in NEVER_STORED or lower in never_sent or lower in named:
+            continue
+        if lower == "content-length" and (text.strip() != str(len(body)) or
+                                          any(n.lower() == "content-length" for n, _ in headers)):
+            return None  # a length that is not the body's would desynchronise the client
+        headers.append((name, text))
+    return Page(lines[0], headers, body, _number(fields[1]), _number(fields[2]), _number(fields[3]),
+                _number(fields[4]), keep=_number(fields[5]), flags="" if flags == "-" else flags,
+                encoding="" if encoding == "-" else encoding, identity_length=identity_length, tags=tags)
 
 
 _NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -2,53 +2,39 @@
 may be stored, what is kept of them, and how a stored page answers a
 conditional request.
 
-pagecache follows RFC 9111 where it applies to a cache whose lifetimes come
-from configured rules rather than from the response: a response that says
-``private``, ``no-store`` or ``no-cache``, ``Vary: *``, or whose status is not
-in ``cache_statuses`` is never stored, and nothing a client sends forces a
-refresh. ``Set-Cookie`` and hop-by-hop headers are never stored.
+A request may use the cache when it is a ``GET`` or ``HEAD`` without a body
+that identifies nobody: no ``Authorization``, no ``REMOTE_USER``, and no
+cookie (or, with ``bypass_cookies``, none of the cookies named). A response
+may be stored when its status is in ``cache_statuses``, it says neither
+``private`` nor ``no-store``, it sets no cookie (unless
+``cookie_responses = strip``), and its ``Vary`` names only valid header
+names (not ``*``). ``Set-Cookie`` and hop-by-hop headers are never stored,
+and never sent from a stored entry whoever wrote it (:mod:`pagecache.entry`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from email.utils import parsedate_tz, mktime_tz
 from typing import Collection, Dict, FrozenSet, Iterable, Optional, Tuple
 
-from .entry import Headers, Page
+from .cookies import carries_any, has_cookies
+from .entry import NEVER_STORED, Headers, Page
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
 
 # Kept from the stored response in a 304 (RFC 9110, 15.4.5).
 NOT_MODIFIED_HEADERS = frozenset({
     "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
 })
 
-# Request headers removed before the application renders a page for the cache:
-# conditionals and ranges (the cache needs the whole 200 and answers them
-# itself), and headers that make an application believe in another scheme, host
-# or path than the key holds (so nobody can plant a page rendered for them).
-FILL_REMOVED = (
-    "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE",
-    "HTTP_IF_RANGE", "HTTP_RANGE",
-    "HTTP_FORWARDED", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_PORT",
-    "HTTP_X_FORWARDED_PREFIX", "HTTP_X_FORWARDED_SCHEME", "HTTP_X_FORWARDED_SSL",
-    "HTTP_X_FORWARDED_SERVER", "HTTP_X_HOST", "HTTP_X_ORIGINAL_HOST", "HTTP_X_ORIGINAL_URL",
-    "HTTP_X_REWRITE_URL",
-)
-
 _UNSTORABLE_DIRECTIVES = ("private", "no-store", "no-cache")
 _DIRECTIVE = re.compile(r"(?:^|,)\s*([A-Za-z-]+)")
 _STATUS_OK = re.compile(r"^[1-5]\d\d(?: [\t\x20-\x7e\x80-\xff]*)?$")
-_HEADER_NAME_OK = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_VALUE_OK = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+_SPACES = re.compile(r"[ \t]+")
 
 
 def bypass_reason(environ: Dict, bypass_cookies: FrozenSet[str]) -> Optional[str]:
@@ -57,28 +43,20 @@ def bypass_reason(environ: Dict, bypass_cookies: FrozenSet[str]) -> Optional[str
         return "method"
     if "HTTP_AUTHORIZATION" in environ:
         return "authorization"
-    if bypass_cookies:
-        cookie = environ.get("HTTP_COOKIE")
-        if cookie and any(part.split("=", 1)[0].strip() in bypass_cookies
-                          for part in cookie.split(";")):
-            return "cookie"
+    if environ.get("REMOTE_USER"):
+        return "REMOTE_USER"
+    cookie = environ.get("HTTP_COOKIE")
+    if cookie and (carries_any(cookie, bypass_cookies) if bypass_cookies else has_cookies(cookie)):
+        return "cookie"
+    if has_body(environ):
+        return "request body"
     return None
 
 
-def fill_environ(environ: Dict, background: bool = False) -> Dict:
-    """The environ for an application call whose response may be stored: a copy
-    without :data:`FILL_REMOVED`; for a background rebuild, also with an empty
-    body and ``pagecache.background`` set."""
-    if not background and not any(name in environ for name in FILL_REMOVED):
-        return environ
-    copy = dict(environ)
-    for name in FILL_REMOVED:
-        copy.pop(name, None)
-    if background:
-        copy["wsgi.input"] = io.BytesIO(b"")
-        copy["CONTENT_LENGTH"] = "0"
-        copy["pagecache.background"] = True
-    return copy
+def has_body(environ: Dict) -> bool:
+    """Whether the request says it carries a body (a ``GET`` with one is not cached)."""
+    length = environ.get("CONTENT_LENGTH")
+    return bool(length and length.strip() not in ("", "0")) or "HTTP_TRANSFER_ENCODING" in environ
 
 
 def status_code(status: str) -> int:
@@ -89,7 +67,8 @@ def status_code(status: str) -> int:
         return 0
 
 
-def unstorable_reason(status: str, headers: Headers, cache_statuses: Collection[int]) -> Optional[str]:
+def unstorable_reason(status: str, headers: Headers, cache_statuses: Collection[int],
+                      store_cookies: bool = False) -> Optional[str]:
     """Why a response may not be stored, or None if it may."""
     if not isinstance(status, str) or not _STATUS_OK.match(status):
         return "invalid status line"
@@ -98,7 +77,7 @@ def unstorable_reason(status: str, headers: Headers, cache_statuses: Collection[
         return f"status {code}"
     for name, value in headers:
         if not (isinstance(name, str) and isinstance(value, str)
-                and _HEADER_NAME_OK.match(name) and _HEADER_VALUE_OK.match(value)):
+                and _TOKEN.match(name) and _HEADER_VALUE_OK.match(value)):
             return f"invalid header {name!r}"
         lower = name.lower()
         if lower == "cache-control":
@@ -106,15 +85,30 @@ def unstorable_reason(status: str, headers: Headers, cache_statuses: Collection[
             for directive in _UNSTORABLE_DIRECTIVES:
                 if directive in directives:
                     return f"Cache-Control: {directive}"
-        elif lower == "vary" and "*" in value:
+        elif lower == "vary":
+            reason = _vary_problem(value)
+            if reason is not None:
+                return reason
+        elif lower == "set-cookie" and not store_cookies:
+            return "Set-Cookie (cookie_responses = pass)"
+    return None
+
+
+def _vary_problem(value: str) -> Optional[str]:
+    for name in value.split(","):
+        name = name.strip(" \t")
+        if name == "*":
             return "Vary: *"
+        if name and not _TOKEN.match(name):
+            return f"Vary names {name!r}, which is not a header name"
     return None
 
 
 def headers_to_store(headers: Headers, body: bytes, drop: Iterable[str] = ()) -> Headers:
-    """The headers kept in a stored page: no Set-Cookie, hop-by-hop or Age, plus
-    an exact Content-Length and, for a page without one, a strong ETag."""
-    dropped = set(HOP_BY_HOP) | {"set-cookie", "age", "content-length"} | {d.lower() for d in drop}
+    """The headers kept in a stored page: none of :data:`NEVER_STORED` or the
+    headers ``Connection`` names, plus an exact Content-Length and, for a page
+    without one, a strong ETag."""
+    dropped = set(NEVER_STORED) | {"content-length"} | {d.lower() for d in drop}
     for name, value in headers:
         if name.lower() == "connection":
             dropped.update(token.strip().lower() for token in value.split(","))
@@ -140,18 +134,21 @@ def vary_names(headers: Headers) -> Tuple[str, ...]:
     names = set()
     for name, value in headers:
         if name.lower() == "vary":
-            names.update(v.strip().lower() for v in value.split(",") if v.strip())
+            names.update(v.strip(" \t").lower() for v in value.split(",") if v.strip(" \t"))
     return tuple(sorted(names))
 
 
 def variant_of(environ: Dict, names: Tuple[str, ...]) -> str:
-    """The values of request headers ``names``, normalised, as one string."""
+    """The values of request headers ``names``, with runs of spaces and tabs
+    made one space (nothing else: a no-break space is another value), as one
+    string."""
     parts = []
     for name in names:
-        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
         if name == "content-type":
             value = environ.get("CONTENT_TYPE")
-        parts.append(" ".join(value.split()) if value is not None else "\x00")
+        else:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        parts.append(_SPACES.sub(" ", value).strip(" ") if value is not None else "\x00")
     return "\x01".join(parts)
 
 
@@ -171,7 +168,7 @@ def not_modified(environ: Dict, page: Page) -> bool:
     if_modified_since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if if_modified_since is not None:
         last_modified = page.header("Last-Modified")
-        since, modified = _http_date(if_modified_since), _http_date(last_modified)
+        since, modified = http_date(if_modified_since), http_date(last_modified)
         return since is not None and modified is not None and modified <= since
     return False
 
@@ -186,7 +183,8 @@ def _weak(tag: str) -> str:
     return tag[2:] if tag.startswith("W/") else tag
 
 
-def _http_date(value: Optional[str]) -> Optional[float]:
+def http_date(value: Optional[str]) -> Optional[float]:
+    """The Unix time of an HTTP date, or None when it is not one."""
     if not value:
         return None
     try:

@@ -1,21 +1,23 @@
 """Cache keys: which requests share a stored page, and the memcached keys for it.
 
-A page is identified by the URL the request asked for: scheme, host (with a
-non-default port), script name, path and query string, nothing else. Request
+A page is identified by the URL the request asked for: scheme, host (lower
+case, without the scheme's default port), script name, path and query string
+(normalised by ``ignore_query`` and ``sort_query``), nothing else. The parts
+are framed (each preceded by its length) before they are hashed, so no two
+different URLs give the same bytes, whatever characters they hold. Request
 headers that the key does not hold are removed before the application renders
-a page for the cache (see :data:`pagecache.http.FILL_REMOVED`), so they cannot
-change what others are served. The URL is hashed, so any URL (long,
-non-ASCII, with spaces or control characters) gives a short, valid memcached
-key: ``<key_prefix>:<kind>:<digest>``.
+a page for the cache (see :mod:`pagecache.fill`), so they cannot change what
+others are served. The hash makes any URL a short, valid memcached key:
+``<key_prefix>:<kind>:<digest>``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Dict, Iterable, Tuple
-from urllib.parse import unquote_plus, unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
+from .urls import canonical_host, normalise_query
 
 RequestURL = Tuple[str, str, str, str, str]
 
@@ -35,16 +37,9 @@ def _bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
-def _host(scheme: str, host: str) -> str:
-    host = host.strip().lower()
-    default = _DEFAULT_PORTS.get(scheme)
-    if default and host.endswith(":" + default) and not host.endswith("]"):
-        host = host[: -len(default) - 1]
-    return host
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def _digest(*parts: bytes) -> str:
+    framed = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    return hashlib.blake2b(framed, digest_size=16).hexdigest()
 
 
 class Keys:
@@ -70,31 +65,36 @@ class Keys:
     def digest_of_request(self, url: RequestURL) -> str:
         """The digest of the page at a :func:`request_url`."""
         path, query, host, script, scheme = url
-        return self._url_digest(scheme, _host(scheme, host), _bytes(script + path), query)
+        return self.digest_of_parts(scheme, self.host(host, scheme), script + path, self.query(query))
 
     def digest_of_url(self, url: str) -> str:
         """The digest of the page at an absolute URL, as a request for it would get."""
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"not an absolute http(s) URL: {url!r}")
-        host = parts.netloc.rpartition("@")[2]
-        return self._url_digest(parts.scheme, _host(parts.scheme, host),
-                                unquote_to_bytes(parts.path or "/"), parts.query)
+        host = self.host(parts.netloc.rpartition("@")[2], parts.scheme)
+        path = unquote_to_bytes(parts.path or "/").decode("latin-1")
+        return self.digest_of_parts(parts.scheme, host, path, self.query(parts.query))
 
-    def _url_digest(self, scheme: str, host: str, path: bytes, query: str) -> str:
+    def digest_of_parts(self, scheme: str, host: str, path: str, query: str) -> str:
+        """The digest of a page from its canonical parts (host from
+        :meth:`host`, query from :meth:`query`, path with the script name)."""
+        return _digest(_bytes(scheme), _bytes(host), _bytes(path), _bytes(query))
+
+    @staticmethod
+    def host(host: str, scheme: str) -> str:
+        """The host as the key holds it (see :func:`pagecache.urls.canonical_host`)."""
+        return canonical_host(host, scheme) or host.lower()
+
+    def query(self, query: str) -> str:
+        """The query as the key holds it."""
         if self._normalise and query:
-            query = self.normalise_query(query)
-        return _digest(b"".join((_bytes(scheme), b"://", _bytes(host), path, b"?", _bytes(query))))
+            return normalise_query(query, self.ignore_query, self.sort_query)
+        return query
 
     def normalise_query(self, query: str) -> str:
         """``query`` without the ignored parameters, sorted if ``sort_query``."""
-        parts = [part for part in query.split("&") if part]
-        if self.ignore_query:
-            parts = [part for part in parts
-                     if unquote_plus(part.split("=", 1)[0]) not in self.ignore_query]
-        if self.sort_query:
-            parts.sort()
-        return "&".join(parts)
+        return normalise_query(query, self.ignore_query, self.sort_query)
 
     def page(self, digest: str) -> str:
         """Key of the page (or vary marker, or pass marker) for ``digest``."""
@@ -106,4 +106,4 @@ class Keys:
 
     def variant(self, digest: str, generation: str, variant: str) -> str:
         """Digest of one variant of a page that varies on request headers."""
-        return _digest(b"\x00".join((digest.encode("ascii"), generation.encode("ascii"), _bytes(variant))))
+        return _digest(digest.encode("ascii"), generation.encode("ascii"), _bytes(variant))

@@ -4,6 +4,9 @@ process memory, so a hot page is served without a memcached round trip.
 An entry is kept at most ``local_ttl`` seconds after it was read from the
 cache, and a page only while it is fresh: once its TTL has run out the request
 goes to memcached, where grace, locks and purges from other processes decide.
+The tier holds at most ``size`` entries and ``limit`` bytes (bodies and
+headers), the least recently stored dropped first, and entries past their
+time are dropped as they are met and from the oldest end on every store.
 """
 
 from __future__ import annotations
@@ -15,44 +18,66 @@ from typing import Optional, Tuple
 from .entry import Entry, Page
 
 _FOREVER = float("inf")
+ENTRY_OVERHEAD = 400  # bytes of Python objects per entry, counted against the limit
+
+
+def size_of(entry: Entry) -> int:
+    """About how many bytes ``entry`` holds in memory."""
+    if type(entry) is Page:
+        return ENTRY_OVERHEAD + len(entry.body) + sum(len(k) + len(v) + 60 for k, v in entry.headers)
+    return ENTRY_OVERHEAD
 
 
 class LocalTier:
-    """At most ``size`` entries, each for at most ``ttl`` seconds."""
+    """At most ``size`` entries and ``limit`` bytes, each for at most ``ttl`` seconds."""
 
-    def __init__(self, ttl: float, size: int):
+    def __init__(self, ttl: float, size: int, limit: int = 16 << 20):
         self.ttl = ttl
         self.size = size
-        # key -> (entry, read at, page stored at, page TTL); for entries that
-        # are not pages (0.0, inf), so that one test covers both kinds
-        self._items: "OrderedDict[str, Tuple[Entry, float, float, float]]" = OrderedDict()
+        self.limit = limit
+        self.used = 0
+        # key -> (entry, read at, kept until, bytes); kept until: read at + ttl,
+        # or the end of a page's TTL if sooner
+        self._items: "OrderedDict[str, Tuple[Entry, float, float, int]]" = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, key: str, now: float) -> Optional[Entry]:
         """The entry for ``key`` if read less than ``ttl`` ago (and fresh, for a page)."""
         item = self._items.get(key)
         if item is None:
             return None
-        entry, read_at, stored, page_ttl = item
-        # a page is fresh while now - stored < ttl (Page.state's FRESH, inlined)
-        if now - read_at >= self.ttl or now - stored >= page_ttl:
+        if now >= item[2]:
             with self._lock:
                 if self._items.get(key) is item:
-                    del self._items[key]
+                    self._drop(key)
             return None
-        return entry
+        return item[0]
 
     def put(self, key: str, entry: Entry, now: float) -> None:
+        until = now + self.ttl
         if type(entry) is Page:
-            item = (entry, now, entry.stored, entry.ttl)
-        else:
-            item = (entry, now, 0.0, _FOREVER)
+            until = min(until, entry.stored + entry.ttl)
+        cost = size_of(entry)
+        if cost > self.limit or until <= now:
+            return
         with self._lock:
-            self._items.pop(key, None)
-            self._items[key] = item
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._drop(key)
+            self._items[key] = (entry, now, until, cost)
+            self.used += cost
+            while self._items:
+                oldest_key, oldest = next(iter(self._items.items()))
+                if len(self._items) <= self.size and self.used <= self.limit and oldest[2] > now:
+                    break
+                self._drop(oldest_key)
+
+    def _drop(self, key: str) -> None:
+        self.used -= self._items.pop(key)[3]
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self.used = 0

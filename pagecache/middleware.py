@@ -20,6 +20,7 @@ from .capture import Captured, capture
 from .config import ConfigError, convert_options
 from .entry import ERROR_ONLY, FRESH, GRACE, Page, Pass, VaryMarker
 from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
+from .fill import FillEnviron
 from .keys import Keys, request_url
 from .local import LocalTier
 from .locks import Flight, Flights
@@ -86,16 +87,21 @@ class PageCacheMiddleware:
         elif settings["memcached_servers"]:
             raise ConfigError("give either a cache object or memcached_servers, not both")
         self.cache = cache
-        self.store = Store(cache, self.stats)
+        header = settings["status_header"]
+        self.store = Store(cache, self.stats, never_sent=(header,) if header else ())
         self.keys = Keys.from_settings(settings)
         self.routes = Routes(self.rules, self.keys, settings["charset"])
-        self.local = LocalTier(settings["local_ttl"], settings["local_size"]) if settings["local_ttl"] else None
+        self.local = LocalTier(settings["local_ttl"], settings["local_size"], settings["local_memory_limit"]) \
+            if settings["local_ttl"] else None
         self._load = self.store.load if self.local is None else self._load_local
         self.purger = Purger(self.store, self.keys, self.local, self.clock, self.stats)
         self.flights = Flights()
         self.refresher = Refresher(settings["background_workers"]) if settings["background_refresh"] else None
         self.bypass_cookies = frozenset(settings["bypass_cookies"])
+        self.store_cookies = settings["cookie_responses"] == "strip"
+        self.fill_environ = FillEnviron(settings["strip_request_headers"])
         self.cache_statuses = settings["cache_statuses"]
+        self.negative_ttl = settings["negative_ttl"]
         self.max_entry_size = settings["max_entry_size"]
         self.wait_timeout = settings["wait_timeout"]
         self.lock_timeout = settings["lock_timeout"]
@@ -103,7 +109,6 @@ class PageCacheMiddleware:
         self.uncacheable_ttl = settings["uncacheable_ttl"]
         self.purge_allowed = settings["purge_allowed"]
         self.stats_path = settings["stats_path"]
-        header = settings["status_header"]
         self._labels = {label: [(header, label.value)] if header else [] for label in Label}
         self._hit_label = self._labels[HIT]
         self._dropped_headers = (header,) if header else ()
@@ -121,8 +126,12 @@ class PageCacheMiddleware:
         if route.rule is None:
             return self.app(environ, start_response)
         started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0  # 0: not logged
-        if environ.get("REQUEST_METHOD") == "GET" and "HTTP_AUTHORIZATION" not in environ \
-                and ("HTTP_COOKIE" not in environ or not self.bypass_cookies):
+        if route.bypass is not None:
+            return self.to_app(Exchange(environ, start_response, route, started), BYPASS, "bypasses",
+                               route.bypass)
+        if environ.get("REQUEST_METHOD") == "GET" and "HTTP_COOKIE" not in environ \
+                and "HTTP_AUTHORIZATION" not in environ and "REMOTE_USER" not in environ \
+                and not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
             now = self.clock()
             entry = self._load(route.key)
             if type(entry) is Page and now - entry.stored < entry.ttl:  # the hit path
@@ -157,7 +166,9 @@ class PageCacheMiddleware:
             if state is ERROR_ONLY:
                 exchange.fallback = entry
         elif type(entry) is Pass:
-            return self.to_app(exchange, MISS, "passes", "uncacheable lately: " + entry.reason)
+            if exchange.method == "HEAD":
+                return self.to_app(exchange, MISS, "passes", "uncacheable lately: " + entry.reason)
+            return self.fetch_uncoalesced(exchange, "uncacheable lately: " + entry.reason)
         if exchange.method == "HEAD":
             return self.to_app(exchange, MISS, "misses", "HEAD is not stored")
         return self.fill(exchange)
@@ -190,7 +201,7 @@ class PageCacheMiddleware:
 
     def _refresh_in_background(self, exchange: Exchange, token: Any, stale: Page,
                                now: float) -> Iterable[bytes]:
-        job = Exchange(http.fill_environ(exchange.environ, background=True), None, exchange.route, 0.0)
+        job = Exchange(self._fill_environ(exchange, background=True), None, exchange.route, 0.0)
         job.digest, job.marker, job.fallback = exchange.digest, exchange.marker, stale
         queued = self.refresher.submit(lambda: self._refresh(job, token))
         if queued:
@@ -217,7 +228,7 @@ class PageCacheMiddleware:
                 return self.deliver(exchange, token, HIT, self.clock(), "computed by another request")
             if token is Signal.PASS:
                 outcome = Signal.PASS
-                return self.to_app(exchange, MISS, "passes", "uncacheable lately")
+                return self.fetch_uncoalesced(exchange, "uncacheable lately")
             if token is Signal.RESTART:
                 outcome = Signal.RESTART
                 return self._restart(exchange)
@@ -241,10 +252,21 @@ class PageCacheMiddleware:
                 return self.deliver(exchange, outcome.page, outcome.label, self.clock(), "waited for it")
             return self._restart(exchange)
         if outcome is Signal.PASS:
-            return self.to_app(exchange, MISS, "passes", "uncacheable")
+            return self.fetch_uncoalesced(exchange, "uncacheable")
         if outcome is Signal.RESTART:
             return self._restart(exchange)
         return self._unstored(exchange, "the request computing it failed")
+
+    def fetch_uncoalesced(self, exchange: Exchange, why: str) -> Iterable[bytes]:
+        """The URL's responses could not be stored lately: ask the application
+        at once, without a lock or waiting on others, and store its answer if
+        it may be stored after all (hit-for-miss)."""
+        self.stats.incr("passes")
+        rebuilt = self.fetch(exchange, None, exchange.start_response, count=False)
+        if type(rebuilt) is NotStored:
+            self._decided(exchange, MISS, f"{why}; not stored: {rebuilt.reason}")
+            return rebuilt.captured.respond(exchange.start_response, self._labels[MISS])
+        return self.deliver(exchange, rebuilt.page, MISS, rebuilt.page.stored, "stored", rebuilt.cookies)
 
     def _restart(self, exchange: Exchange) -> Iterable[bytes]:
         """Look again: the page turned out to vary, and this request wants another variant."""
@@ -338,13 +360,16 @@ class PageCacheMiddleware:
         if type(rebuilt) is NotStored:
             rebuilt.captured.close()
 
-    def fetch(self, exchange: Exchange, token: Any, start_response: Optional[StartResponse]) -> Rebuilt:
-        """Call the application for the page and store what may be stored; the
-        lock is released whatever happens. Without a fallback, exceptions
-        propagate; with one, a failure is :class:`Failed`."""
-        self.stats.incr("misses")
+    def fetch(self, exchange: Exchange, token: Any, start_response: Optional[StartResponse],
+              count: bool = True) -> Rebuilt:
+        """Call the application for the page the key describes and store what
+        may be stored; the lock (``token``) is released whatever happens.
+        Without a fallback, exceptions propagate; with one, a failure is
+        :class:`Failed`."""
+        if count:
+            self.stats.incr("misses")
         try:
-            captured, failure = self._call_app(exchange, http.fill_environ(exchange.environ),
+            captured, failure = self._call_app(exchange, self._fill_environ(exchange),
                                                start_response, "rebuilding")
             if captured is None:
                 return Failed(failure)
@@ -352,6 +377,10 @@ class PageCacheMiddleware:
         finally:
             if isinstance(token, bytes):
                 self._unlock(exchange, token)
+
+    def _fill_environ(self, exchange: Exchange, background: bool = False) -> Dict:
+        route = exchange.route
+        return self.fill_environ(exchange.environ, route.host, route.query, background)
 
     def _call_app(self, exchange: Exchange, environ: Dict, start_response: Optional[StartResponse],
                   doing: str) -> Tuple[Optional[Captured], str]:
@@ -380,7 +409,9 @@ class PageCacheMiddleware:
 
     def store_response(self, exchange: Exchange, captured: Captured) -> Union[Stored, NotStored]:
         """Store the application's response if it may be stored; else remember
-        the URL as uncacheable for a while (hit-for-pass)."""
+        the URL as uncacheable for a while (hit-for-miss), unless a stale copy
+        is kept in reserve: that one stays, and the next request past its TTL
+        asks again while the others are served stale."""
         now = self.clock()
         reason = self._unstorable(captured)
         if reason is not None:
@@ -391,13 +422,17 @@ class PageCacheMiddleware:
                 # enough not to keep a recovered page uncached
                 self.stats.incr("app_errors")
                 remember = min(remember, ERROR_PASS_TTL)
-            self.store.save(self.keys.page(exchange.digest), Pass(now, reason), remember)
+            if exchange.fallback is None:
+                self.store.save(self.keys.page(exchange.digest), Pass(now, reason), remember)
             return NotStored(captured, reason)
         body = captured.body
         captured.close()
         rule = exchange.route.rule
         headers = http.headers_to_store(captured.headers, body, self._dropped_headers)
-        page = Page(captured.status, headers, body, now, rule.ttl, rule.grace, self.stale_if_error)
+        ttl, grace, stale = rule.ttl, rule.grace, self.stale_if_error
+        if http.status_code(captured.status) in (404, 410):
+            ttl, grace, stale = min(ttl, self.negative_ttl), 0.0, 0.0
+        page = Page(captured.status, headers, body, now, ttl, grace, stale)
         self._save_page(exchange, page, now)
         return Stored(page, http.set_cookies(captured.headers))
 
@@ -408,7 +443,8 @@ class PageCacheMiddleware:
             if captured.size > self.max_entry_size:
                 return "larger than max_entry_size"
             return "body is not bytes"
-        return http.unstorable_reason(captured.status, captured.headers, self.cache_statuses)
+        return http.unstorable_reason(captured.status, captured.headers, self.cache_statuses,
+                                      self.store_cookies)
 
     def _save_page(self, exchange: Exchange, page: Page, now: float) -> None:
         """Save ``page`` under its variant's key (writing the URL's vary marker

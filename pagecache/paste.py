@@ -93,8 +93,7 @@ class DemoApp:
                 f"one reload rebuilds it while others get the old copy (STALE).</p>"
                 f"<ul>{links}</ul>").encode("utf-8")
         headers: List[Tuple[str, str]] = [("Content-Type", "text/html; charset=utf-8"),
-                                          ("Content-Length", str(len(body))),
-                                          ("Set-Cookie", f"demo_render={number}; Path=/")]
+                                          ("Content-Length", str(len(body)))]
         if path.startswith("/private"):
             headers.append(("Cache-Control", "private"))
         start_response("200 OK", headers)

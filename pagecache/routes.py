@@ -1,9 +1,10 @@
-"""Where a request's URL leads: the rule that covers it and the key of its page.
+"""Where a request's URL leads: the rule that covers it, whether its URL may be
+cached at all, and the key of its page.
 
-Both depend on the URL alone, so they are worked out once per URL and
-remembered: a hit on a hot page costs one dict lookup here, not a rule match
-and a hash. The table is bounded (it starts over when full), and very long
-URLs are worked out every time rather than kept.
+All of it depends on the URL alone, so it is worked out once per URL and
+remembered: a hit on a hot page costs one dict lookup here, not a rule match,
+URL checks and a hash. The table is bounded (it starts over when full), and
+very long URLs are worked out every time rather than kept.
 """
 
 from __future__ import annotations
@@ -12,22 +13,34 @@ from typing import Dict, Optional
 
 from .keys import Keys, RequestURL
 from .rules import Rule, Rules
+from .urls import canonical_host, path_is_plain
 
 MAX_ROUTES = 4096       # URLs remembered
 MAX_URL_LENGTH = 1024   # longest URL (path + query + host) remembered
+SCHEMES = ("http", "https")
 
 
 class Route:
-    """A URL's rule, or None when no rule covers it (then ``digest`` and
-    ``key`` are empty); the digest of its page, and the page's cache key."""
+    """A URL's rule (None when no rule covers it: the application answers,
+    untouched), and for a covered URL either why it bypasses the cache
+    (``bypass``: a ``pass`` rule, a Host that names no host, a path routers
+    read differently) or the digest and cache key of its page, with the host
+    and query as the key holds them (the application renders the page from
+    exactly those)."""
 
-    __slots__ = ("rule", "digest", "key")
+    __slots__ = ("rule", "bypass", "digest", "key", "host", "query")
 
-    def __init__(self, rule: Optional[Rule], digest: str = "", key: str = ""):
-        self.rule, self.digest, self.key = rule, digest, key
+    def __init__(self, rule: Optional[Rule], bypass: Optional[str] = None, digest: str = "",
+                 key: str = "", host: str = "", query: str = ""):
+        self.rule, self.bypass = rule, bypass
+        self.digest, self.key, self.host, self.query = digest, key, host, query
+
+    @property
+    def cacheable(self) -> bool:
+        return self.rule is not None and self.bypass is None
 
     def __repr__(self) -> str:
-        return f"<Route {self.rule!r} {self.key}>"
+        return f"<Route {self.rule!r} {self.bypass or self.key}>"
 
 
 class Routes(Dict[RequestURL, Route]):
@@ -51,11 +64,22 @@ class Routes(Dict[RequestURL, Route]):
 
     def route(self, url: RequestURL) -> Route:
         """The route of ``url``, worked out (not remembered)."""
-        rule = self.rules.match(self.decode(url[0]), url[1])
+        path, query, raw_host, script, scheme = url
+        rule = self.rules.match(self.decode(path), query)
         if rule is None:
             return Route(None)
-        digest = self.keys.digest_of_request(url)
-        return Route(rule, digest, self.keys.page(digest))
+        if rule.passes:
+            return Route(rule, "pass rule")
+        host = canonical_host(raw_host, scheme)
+        if host is None:
+            return Route(rule, "Host is not a host name")
+        if scheme not in SCHEMES:
+            return Route(rule, "scheme")
+        if not path_is_plain(path) or not path_is_plain(script):
+            return Route(rule, "path read differently by routers (dot or empty segments, escapes)")
+        query = self.keys.query(query)
+        digest = self.keys.digest_of_parts(scheme, host, script + path, query)
+        return Route(rule, None, digest, self.keys.page(digest), host, query)
 
     def decode(self, path: str) -> str:
         """A PATH_INFO (bytes as latin-1, per WSGI) decoded with ``charset``, as rules see it."""

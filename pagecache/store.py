@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from . import entry as entries
 from .backends import expiry_time
@@ -52,9 +52,10 @@ class Store:
     Expiry times are passed as the third positional argument of ``set`` and
     ``add``, which python-memcached calls ``time``, pymemcache ``expire``."""
 
-    def __init__(self, client: Any, stats: Stats):
+    def __init__(self, client: Any, stats: Stats, never_sent: Iterable[str] = ()):
         self.client = client
         self.stats = stats
+        self.never_sent = frozenset(name.lower() for name in never_sent)  # dropped from pages read
         self._warn_lock = threading.Lock()
         self._quiet_until = 0.0
         self._suppressed = 0
@@ -102,6 +103,8 @@ class Store:
         """Parse ``value`` and keep what it gave for the next :meth:`load`,
         the oldest dropped beyond :data:`PARSED_MAX` or :data:`PARSED_BYTES`."""
         entry = entries.parse(value)
+        if self.never_sent and type(entry) is entries.Page:
+            entry.headers = [(name, text) for name, text in entry.headers if name.lower() not in self.never_sent]
         if entry is None or type(value) is not bytes:
             return entry
         size = len(value) + len(getattr(entry, "body", b""))

@@ -53,7 +53,10 @@ def test_defaults_are_the_documented_ones():
     assert settings["charset"] == "utf-8"
     assert settings["status_header"] == "X-Cache"
     assert settings["memory_limit"] == 64 << 20
-    assert settings["cache_statuses"] == frozenset({200, 203, 300, 301, 308, 404, 410})
+    assert settings["cache_statuses"] == frozenset({200, 203, 300, 301, 308})  # 404 and 410 only if listed
+    assert settings["negative_ttl"] == 10
+    assert settings["bypass_cookies"] == () and settings["cookie_responses"] == "pass"
+    assert settings["local_memory_limit"] == 16 << 20
     assert settings["wait_timeout"] == 5 and settings["lock_timeout"] == 30
     assert settings["memcached_timeout"] == 0.25 and settings["memcached_retry"] == 30
     assert settings["background_refresh"] is False and settings["stale_if_error"] == 0

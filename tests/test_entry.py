@@ -52,20 +52,25 @@ def test_soft_expiry_ends_the_ttl_and_keeps_the_grace():
 @pytest.mark.parametrize("value", [
     None, 0, 42, "text", b"", b"PC1", b"random bytes \x00\xff",
     pickle.dumps({"status": "200 OK"}),
-    b"PC1 P 1 2 3 4 5\n200 OK\n\nshort",             # body length says 5, has 5: fine? no: see below
-    b"PC1 P 1 2 3 4 99\n200 OK\n\nbody",              # truncated
-    b"PC1 P nan 2 3 4 4\n200 OK\n\nbody",             # not a number we accept
-    b"PC1 P 1 2 3 4 4\nOK\n\nbody",                   # no status code
-    b"PC1 P 1 2 3 4 4\n200 OK\nBad Header\n\nbody",   # header without ': '
-    b"PC1 P 1 2 3 4 4\n200 OK\nX\r: y\n\nbody",       # invalid header name
-    b"PC1 Q 1\n",                                     # unknown kind
+    b"PC2 P 1 2 3 4 0 - - 5 0 6 5\n200 OKshort",        # lengths say 6 + 5, and that is what follows
+    b"PC2 P 1 2 3 4 0 - - 5 0 6 99\n200 OKbody",        # truncated
+    b"PC2 P nan 2 3 4 0 - - 4 0 6 4\n200 OKbody",       # not a number we accept
+    b"PC2 P 1 2 3 4 0 - - 4 0 2 4\nOKbody",             # no status code
+    b"PC2 P 1 2 3 4 0 - - 4 0 17 4\n200 OK\nBad Headerbody",  # header without ': '
+    b"PC2 P 1 2 3 4 0 - - 4 0 12 4\n200 OK\nX\r: ybody",      # invalid header name
+    b"PC2 P 1 2 3 4 0 x - 4 0 6 4\n200 OKbody",         # unknown flag
+    b"PC2 P 1 2 3 4 0 - zip 4 0 6 4\n200 OKbody",       # unknown encoding
+    b"PC2 P 1 2 3 4 0 - - 4 3 6 4\na\x00b200 OKbody",   # a tag that is not printable ASCII
+    b"PC2 P 1 2 3 4 0 - - 4 0 25 4\n200 OK\nContent-Length: 9body",  # a length that is not the body's
+    b"PC1 P 1 2 3 4 5\n200 OK\n\nshort",                # the format of 0.1
+    b"PC2 Q 1\n",                                     # unknown kind
     b"PC0 P 1 2 3 4 4\n200 OK\n\nbody",               # another format version
-    b"PC1 V 1 2 3 NOT-HEX\naccept",
-    b"PC1 V 1 2 3 abcd\nbad:name",
+    b"PC2 V 1 2 3 NOT-HEX\naccept",
+    b"PC2 V 1 2 3 abcd\nbad:name",
 ])
 def test_anything_else_is_a_miss(value):
     parsed = parse(value)
-    if value == b"PC1 P 1 2 3 4 5\n200 OK\n\nshort":
+    if value == b"PC2 P 1 2 3 4 0 - - 5 0 6 5\n200 OKshort":
         assert parsed == Page("200 OK", [], b"short", 1.0, 2.0, 3.0, 4.0)
     else:
         assert parsed is None

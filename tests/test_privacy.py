@@ -37,7 +37,9 @@ def test_no_personal_data_reaches_another_client(make):
     assert alice.get("/account", headers={"Authorization": "Basic YWxpY2U="}).body == b"account of Basic YWxpY2U="
     assert alice.get("/dashboard", headers={"Cookie": "user=alice"}).body == b"dashboard of alice"
 
-    welcome = bob.get("/welcome")               # same URL, now from the cache
+    welcome = bob.get("/welcome")               # alice's answer set cookies: it was not stored
+    assert welcome.headers["X-Cache"] == "MISS" and "Set-Cookie" not in welcome.headers
+    welcome = client(middleware).get("/welcome")  # bob's was
     assert welcome.headers["X-Cache"] == "HIT" and "Set-Cookie" not in welcome.headers
     assert bob.get("/account").body == b"please log in"
     assert bob.get("/dashboard").body == b"dashboard of nobody"

@@ -29,7 +29,7 @@ def test_text_table_with_units_comments_and_blank_lines():
     ("/news/today", "", "/news/"),
     ("/item/42", "", r"~^/item/\d+$"),
     ("/item/42x", "", "/"),
-    ("/item/42", "page=2", "/"),        # the regex is searched in path?query
+    ("/item/42", "page=2", r"~^/item/\d+$"),  # the regex is searched in the path only
     ("/anything", "", "/"),
 ])
 def test_first_match_wins(path, query, expected):
@@ -37,10 +37,13 @@ def test_first_match_wins(path, query, expected):
     assert rules.match(path, query).pattern == expected
 
 
-def test_regex_sees_the_query_string():
-    rules = parse_rules("~[?&]page=\\d+ 30 60")
+def test_regex_sees_the_query_string_only_when_the_rule_says_so():
+    rules = parse_rules("~[?&]page=\\d+ 30 60 query")
     assert rules.match("/list", "page=3") is not None
     assert rules.match("/list", "") is None
+    path_only = parse_rules("~\\.css$ 1h 1h")
+    assert path_only.match("/site.css", "") is not None
+    assert path_only.match("/account", "x.css") is None   # web cache deception: /account?x.css
 
 
 def test_duration_units_and_fractions():

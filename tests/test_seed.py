@@ -7,7 +7,7 @@ import memcache
 from webtest import TestApp
 
 from pagecache import PageCacheMiddleware
-from pagecache.entry import Page
+from pagecache.entry import Page, Pass
 
 from .conftest import CountingApp, client, stored, wait_until
 
@@ -103,13 +103,28 @@ def test_entry_is_gone_from_memcached_after_ttl_and_grace(memcached):
 
 
 def test_set_cookie_goes_to_its_client_only(make):
+    """The seed stored such a page with its cookies removed; that is now
+    ``cookie_responses = strip``."""
     app = CountingApp(headers=[("Content-Type", "text/plain"), ("Set-Cookie", "session=alice; HttpOnly")])
-    middleware = make(app)
+    middleware = make(app, cookie_responses="strip")
     computed = client(middleware).get("/page")
     assert computed.headers.getall("Set-Cookie") == ["session=alice; HttpOnly"]
     hit = client(middleware).get("/page")
     assert hit.headers["X-Cache"] == "HIT" and "Set-Cookie" not in hit.headers
     assert all(name.lower() != "set-cookie" for name, _ in stored(middleware, "http://example.com/page").headers)
+
+
+def test_by_default_a_response_setting_cookies_is_not_stored(make):
+    app = CountingApp(headers=[("Content-Type", "text/plain"), ("Set-Cookie", "csrf=token-of-the-caller")])
+    middleware = make(app)
+    for number in (1, 2, 3):
+        answer = client(middleware).get("/page")
+        assert answer.headers["X-Cache"] == "MISS" and answer.body == b"page #%d" % number
+        assert answer.headers.getall("Set-Cookie") == ["csrf=token-of-the-caller"]
+    assert type(stored(middleware, "http://example.com/page")) is Pass
+    app.headers = [("Content-Type", "text/plain")]    # the next cacheable answer is stored at once
+    assert client(middleware).get("/page").headers["X-Cache"] == "MISS"
+    assert client(middleware).get("/page").headers["X-Cache"] == "HIT"
 
 
 def test_age_header_on_responses_from_the_cache(make, counting_app, clock):
@@ -135,7 +150,7 @@ def test_undecodable_and_huge_urls(make, counting_app):
         "/caf\xc3\xa9",                     # UTF-8 bytes as WSGI's latin-1 str: matches the decoded rule
         "/\xff\xfe\x80 broken utf-8",        # undecodable: decoded with replacement, never raises
         "/" + "x" * 100_000,                 # 100 KB
-        "/sp ace/\x01\x7f",
+        "/sp ace/~",
     ]
     for path in odd_paths:
         first = browser.get("/", extra_environ={"PATH_INFO": path, "QUERY_STRING": "q=\xff" * 100})
@@ -143,4 +158,6 @@ def test_undecodable_and_huge_urls(make, counting_app):
         assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT"), path
         assert first.body == second.body
     assert counting_app.calls == len(odd_paths)
+    controls = browser.get("/", extra_environ={"PATH_INFO": "/sp ace/\x01\x7f"})
+    assert controls.headers["X-Cache"] == "BYPASS"  # control characters: routers may read it otherwise
     assert middleware.routes["/caf\xc3\xa9", "", "localhost:80", "", "http"].rule.pattern == "/caf\u00e9"
