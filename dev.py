@@ -4,6 +4,7 @@
     python3 dev.py serve          # serve development.ini (embedded cache) on http://127.0.0.1:6543
     python3 dev.py test [ARGS]    # the whole test suite against real memcached servers
     python3 dev.py bench [NAMES]  # the benchmarks in bench/
+    python3 dev.py conformance    # pagecache through the HTTP cache test suite (needs Node.js)
 
 Each task creates ./.venv and installs what it needs into it (again only when
 setup.cfg changes). Tests and benchmarks need the memcached binary: if it is
@@ -106,7 +107,15 @@ def bench(args):
     os.execv(PYTHON, [PYTHON, os.path.join("bench", "run.py"), *args])
 
 
-TASKS = {"serve": serve, "test": test, "bench": bench}
+def conformance(args):
+    """The HTTP cache test suite against pagecache (bench/conformance.py); it
+    installs the suite with npm into .conformance/ the first time."""
+    ensure_venv("test,serve")
+    os.chdir(ROOT)
+    os.execv(PYTHON, [PYTHON, os.path.join("bench", "conformance.py"), *args])
+
+
+TASKS = {"serve": serve, "test": test, "bench": bench, "conformance": conformance}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:

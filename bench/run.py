@@ -26,8 +26,8 @@ sys.path.insert(0, HERE)
 
 import common  # noqa: E402
 
-NOT_BENCHMARKS = {"run", "common"}
-LONG = {"soak"}  # run only when named
+NOT_BENCHMARKS = {"run", "common", "proxy"}  # proxy: the conformance run's reverse proxy
+LONG = {"soak", "conformance"}  # run only when named
 
 
 def discover() -> List[str]:
