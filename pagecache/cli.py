@@ -214,6 +214,17 @@ def check(args: argparse.Namespace) -> int:
         print(f"warning: {key} is set in [DEFAULT], so PasteDeploy passes neither that value nor "
               f"[filter:{section.name}]'s own {key} to the filter: add `get {key} = {key}` to the "
               f"section, or rename it in [DEFAULT]")
+    if settings["bypass_cookies"]:
+        print(f"cookies: requests with {', '.join(settings['bypass_cookies'])} bypass the cache; other cookies "
+              "are ignored (the application never sees them when it renders a page for the cache)")
+    else:
+        print("cookies: any cookie sends a request past the cache (set bypass_cookies to name the ones that matter)")
+    if settings["cookie_responses"] == "strip":
+        print("warning: cookie_responses = strip: a response that sets cookies is stored without them, so every "
+              "visitor gets the page rendered for the first one (a login form's CSRF token, say)")
+    passes = [rule.pattern for rule in section.rules if rule.passes]
+    if passes:
+        print(f"never cached: {', '.join(passes)}")
     if settings["local_ttl"]:
         print(f"note: local_ttl = {settings['local_ttl']:g}s: after a purge, each process may serve "
               f"its in-memory copy for up to that long")

@@ -183,10 +183,29 @@ def test_check_reports_each_reachable_server(tmp_path, memcached_pair, library):
     version = next(line.split()[2] for line in stats if line.startswith("STAT version "))
     lines = result.stdout.splitlines()
     assert lines[0] == f"{path} [filter:cache]: valid, 2 cached_urls rule(s), key_prefix shop"
-    assert len(lines) == 3
-    for line, server in zip(lines[1:], memcached_pair):
+    assert lines[1] == ("cookies: any cookie sends a request past the cache "
+                        "(set bypass_cookies to name the ones that matter)")
+    assert len(lines) == 4
+    for line, server in zip(lines[2:], memcached_pair):
         assert line.startswith(f"{server.address}: reachable, memcached {version}, 64 MB of memory, "
                                "items up to 1 MB (answered in "), line
+
+
+def test_check_says_which_cookies_bypass_and_what_is_never_cached(tmp_path, memcached):
+    path = write_ini(tmp_path, f"""\
+        memcached_servers = {memcached.address}
+        bypass_cookies = session auth_tkt
+        cookie_responses = strip
+        cached_urls =
+            /account pass
+            /login 0 0
+            / 10 60
+        """)
+    lines = run("check", "-c", path).stdout.splitlines()
+    assert lines[1] == ("cookies: requests with session, auth_tkt bypass the cache; other cookies are ignored "
+                        "(the application never sees them when it renders a page for the cache)")
+    assert lines[2].startswith("warning: cookie_responses = strip: a response that sets cookies is stored")
+    assert lines[3] == "never cached: /account, /login"
 
 
 def test_check_fails_for_an_unreachable_server(tmp_path, memcached):
@@ -195,8 +214,8 @@ def test_check_fails_for_an_unreachable_server(tmp_path, memcached):
     result = run("check", "-c", path)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[1].startswith(f"{memcached.address}: reachable")
-    assert lines[2] == f"{dead}: UNREACHABLE: Connection refused"
+    assert lines[2].startswith(f"{memcached.address}: reachable")   # after the cookies line
+    assert lines[3] == f"{dead}: UNREACHABLE: Connection refused"
     assert result.stderr == "pagecache: 1 of 2 memcached servers could not be reached\n"
 
 
