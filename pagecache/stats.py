@@ -22,6 +22,8 @@ COUNTERS = (
     "refreshes",       # background refreshes started
     "purges",          # URLs purged that had something stored
     "memcached_errors",  # failed cache operations (each counts as a miss)
+    "revalidations",   # stored pages the application was asked about (If-None-Match / If-Modified-Since)
+    "invalidations",   # stored pages an unsafe method's success made misses
 )
 
 

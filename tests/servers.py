@@ -174,3 +174,91 @@ class AppServer:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.join(10)
             self.process = None
+
+
+class GunicornServer:
+    """A PasteDeploy pipeline served by real gunicorn: ``gunicorn --paste <ini>``
+    with ``workers`` worker processes (``threads`` each: the gthread worker
+    when more than one), started from the venv's gunicorn next to
+    ``sys.executable``, the project root on ``PYTHONPATH`` so that
+    ``call:tests.apps...`` loads. :meth:`stop` sends SIGTERM, then SIGKILL if
+    gunicorn is still there after ``grace`` seconds. Its output goes to
+    ``log_path`` (shown when it fails to start)."""
+
+    def __init__(self, ini_path: str, port: Optional[int] = None, workers: int = 2, threads: int = 8,
+                 log_path: Optional[str] = None, grace: float = 10.0):
+        self.ini_path = ini_path
+        self.port = port or free_port()
+        self.workers = workers
+        self.threads = threads
+        self.log_path = log_path or ini_path + ".gunicorn.log"
+        self.grace = grace
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def executable() -> str:
+        import sys
+
+        path = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+        if not os.access(path, os.X_OK):
+            raise RuntimeError(f"{path} is missing: the test extra installs gunicorn (python3 dev.py test)")
+        return path
+
+    def start(self) -> "GunicornServer":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        command = [self.executable(), "--paste", self.ini_path, "--workers", str(self.workers),
+                   "--threads", str(self.threads), "--bind", f"127.0.0.1:{self.port}",
+                   "--chdir", root, "--graceful-timeout", str(int(self.grace)), "--timeout", "60",
+                   "--log-level", "warning", "--backlog", "512"]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for_port(self.port, timeout=30, process=self.process)
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"{error}; gunicorn said:\n{self.log()[-3000:]}") from None
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def worker_pids(self) -> List[int]:
+        """The pids of gunicorn's worker processes (children of the master)."""
+        if self.process is None:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(entry))
+        return pids
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(self.grace + 5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+            self.process = None
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+            self._log = None
