@@ -157,6 +157,14 @@ def header_name(value: Any) -> str:
     return text
 
 
+def cache_name(value: Any) -> str:
+    """A token naming the cache (``pagecache``), or empty."""
+    text = "" if value is None else str(value).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError(f"{text!r} is not a name of letters, digits, '.', '_' or '-'")
+    return text
+
+
 def key_prefix(value: Any) -> str:
     """1 to 64 printable ASCII characters without spaces (part of every key)."""
     text = str(value).strip()
@@ -209,6 +217,11 @@ OPTIONS: Dict[str, Option] = {
     "key_prefix": Option(key_prefix, "pagecache", "namespace of every key, so apps can share a memcached"),
     "charset": Option(charset, "utf-8", "how request paths are decoded before rules match them"),
     "status_header": Option(header_name, "X-Cache", "response header saying HIT/STALE/MISS/BYPASS; empty: none"),
+    "cache_status": Option(cache_name, "pagecache",
+                           "the cache's name in the Cache-Status header (RFC 9211) and Surrogate-Control; empty: no Cache-Status"),
+    "server_timing": Option(boolean, False, "add Server-Timing with the label, age and time left, for a page's own script"),
+    "response_freshness": Option(one_of("honour", "ignore"), "honour",
+                                 "honour: lifetimes from the response, rules as defaults; ignore: the rules' always"),
     "bypass_cookies": Option(words, (), "cookie names that send a request past the cache; none: any cookie does"),
     "cookie_responses": Option(one_of("pass", "strip"), "pass",
                                "responses setting cookies: pass (not stored) or strip (stored without them)"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import FrozenSet, List, Optional, Tuple, Union
+from typing import Callable, FrozenSet, List, Optional, Tuple, Union
 
 Headers = List[Tuple[str, str]]
 
@@ -46,12 +46,13 @@ MUST_REVALIDATE = "r"   # never served stale: must-revalidate, proxy-revalidate 
 VALIDATORS = "v"        # its ETag / Last-Modified are the application's: it can be revalidated
 SHARED = "s"            # may be served to requests with cookies (ESI with Cache-Control: public)
 ESI = "e"               # the body is ESI parts (pagecache.esi.to_bytes)
-FLAGS = MUST_REVALIDATE + VALIDATORS + SHARED + ESI
+GENERATED_ETAG = "g"    # its ETag is pagecache's (a hash of the body), not the application's
+FLAGS = MUST_REVALIDATE + VALIDATORS + SHARED + ESI + GENERATED_ETAG
 
 _HEAD = re.compile(rb"[1-5]\d\d(?: [^\r\n]*)?(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+: [^\r\n]*)*\Z")
 _TOKEN = re.compile(r"^[0-9a-f]{1,32}$")
 _TAG = re.compile(r"^[!-~]{1,200}$")
-_FLAGS = re.compile(r"^(?:-|[" + FLAGS + r"]{1,4})$")
+_FLAGS = re.compile(r"^(?:-|[" + FLAGS + r"]{1,5})$")
 _ENCODING = re.compile(r"^(?:-|gzip|br)$")
 _REASON = re.compile(rb"[ -~]{0,200}\n\Z")  # what Pass.to_bytes writes after its first line
 
@@ -94,7 +95,7 @@ class Page(_Value):
 
     FIELDS = ("status", "headers", "body", "stored", "ttl", "grace", "stale", "keep", "flags",
               "encoding", "identity_length", "tags")
-    __slots__ = FIELDS + ("_age", "_memo")
+    __slots__ = FIELDS + ("_age", "_timed", "_memo")
 
     def __init__(self, status: str, headers: Headers, body: bytes,
                  stored: float, ttl: float, grace: float, stale: float = 0.0, *,
@@ -113,6 +114,7 @@ class Page(_Value):
         self.identity_length = len(body) if identity_length is None else identity_length
         self.tags = tags
         self._age = (0.0, 0.0, ("Age", "0"))  # the last Age header and when it holds
+        self._timed: tuple = (0.0, 0.0, None, None)  # the last timed() headers: from, until, builder, headers
         self._memo: Optional[dict] = None      # what delivery works out once per page
 
     def memo(self) -> dict:
@@ -133,6 +135,20 @@ class Page(_Value):
         header = ("Age", str(seconds))
         self._age = (start, self.stored + seconds + 1, header)
         return header
+
+    def timed(self, now: float, build: Callable[["Page", int], Headers]) -> Headers:
+        """``build(self, age)`` for the page's age at ``now`` in whole seconds
+        (0 if the storing host's clock is ahead), worked out once a second:
+        the headers that say how old a page is change no more often. The
+        caller passes the same ``build`` object every time."""
+        start, end, builder, headers = self._timed
+        if builder is build and start <= now < end:
+            return headers
+        seconds = int(now - self.stored) if now - self.stored >= 1 else 0
+        start = self.stored + seconds if seconds else -math.inf
+        headers = build(self, seconds)
+        self._timed = (start, self.stored + seconds + 1, build, headers)
+        return headers
 
     def state(self, now: float) -> str:
         """FRESH inside the TTL, GRACE inside the grace period, ERROR_ONLY while

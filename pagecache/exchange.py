@@ -41,7 +41,7 @@ class Exchange:
     """A request on its way through the flow."""
 
     __slots__ = ("environ", "start_response", "route", "started", "restarts",
-                 "digest", "marker", "fallback")
+                 "digest", "marker", "fallback", "cached", "requested")
 
     def __init__(self, environ: Dict, start_response: StartResponse, route: Route,
                  started: float, restarts: int = 0):
@@ -53,6 +53,8 @@ class Exchange:
         self.digest = route.digest  # the variant's digest: the URL's own until a vary marker says otherwise
         self.marker: Optional[VaryMarker] = None
         self.fallback: Optional[Page] = None  # a stale copy that may stand in for a failure
+        self.cached: Optional[Page] = None    # the page found, whatever its state: revalidated by a fill
+        self.requested = 0.0                  # when the application was asked (for the response's age)
 
     @property
     def method(self) -> str:
@@ -81,12 +83,17 @@ class Signal(enum.Enum):
 
 
 class Stored:
-    """A rebuild stored ``page``; ``cookies`` go to the client that caused it only."""
+    """A rebuild gave ``page``: ``saved`` if the cache took it; ``shared``
+    unless it may only go to this request's client (the requests waiting for
+    it ask the application then); ``cookies`` go to that client only;
+    ``revalidated``: a 304 refreshed a stored page."""
 
-    __slots__ = ("page", "cookies")
+    __slots__ = ("page", "cookies", "saved", "shared", "revalidated")
 
-    def __init__(self, page: Page, cookies: Headers):
-        self.page, self.cookies = page, cookies
+    def __init__(self, page: Page, cookies: Headers, saved: bool = True, shared: bool = True,
+                 revalidated: bool = False):
+        self.page, self.cookies, self.saved, self.shared = page, cookies, saved, shared
+        self.revalidated = revalidated
 
 
 class NotStored:

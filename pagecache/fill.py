@@ -12,8 +12,12 @@ fill (foreground or background) it gets a copy of the request with:
 * no ``Cookie``, ``Authorization`` or ``REMOTE_USER`` (requests carrying them
   bypass the cache, except cookies that ``bypass_cookies`` leaves out, which
   the page for everybody must not depend on);
-* no conditional or ``Range`` header (the cache needs the whole page and
-  answers those itself);
+* no conditional or ``Range`` header of the client's (the cache needs the
+  whole page and answers those itself), but its own validators when it
+  revalidates a stored page;
+* ``Surrogate-Capability: pagecache="Surrogate/1.0 ESI/1.0"``, which tells
+  the application that Edge Side Includes will be processed, and the name
+  ``Surrogate-Control`` directives may be targeted at;
 * no header that makes an application believe in another URL, scheme, script
   name, host or method: the ``X-Forwarded-*``, ``X-Original-*`` and
   ``X-Rewrite-*`` families, ``Forwarded``, ``X-Host``, ``X-Script-Name``,
@@ -67,8 +71,11 @@ def environ_key(header: str) -> str:
 class FillEnviron:
     """Makes the environ of a fill from a request's (see the module docstring)."""
 
-    def __init__(self, extra_headers: Iterable[str] = ()):
+    def __init__(self, extra_headers: Iterable[str] = (), surrogate: str = "pagecache"):
         self.removed = REMOVED | {environ_key(name) for name in extra_headers}
+        # Edge Architecture: says what pagecache can do, and the name its
+        # Surrogate-Control directives may be targeted at (max-age=60;pagecache)
+        self.capability = f'{surrogate}="Surrogate/1.0 ESI/1.0"'
 
     def __call__(self, environ: Dict, host: str, query: str, background: bool = False,
                  conditional: Optional[Dict[str, str]] = None) -> Dict:
@@ -84,6 +91,7 @@ class FillEnviron:
                 fill[raw] = request_target(environ, query)
         fill["wsgi.input"] = io.BytesIO(b"")
         fill["CONTENT_LENGTH"] = "0"
+        fill["HTTP_SURROGATE_CAPABILITY"] = self.capability
         if background:
             fill["pagecache.background"] = True
         if conditional:

@@ -5,10 +5,10 @@ conditional request.
 A request may use the cache when it is a ``GET`` or ``HEAD`` without a body
 that identifies nobody: no ``Authorization``, no ``REMOTE_USER``, and no
 cookie (or, with ``bypass_cookies``, none of the cookies named). A response
-may be stored when its status is in ``cache_statuses``, it says neither
-``private`` nor ``no-store``, it sets no cookie (unless
-``cookie_responses = strip``), and its ``Vary`` names only valid header
-names (not ``*``). ``Set-Cookie`` and hop-by-hop headers are never stored,
+may be stored when its status line and headers are well formed, it sets no
+cookie (unless ``cookie_responses = strip``) and its ``Vary`` names only
+valid header names (not ``*``); how long, if at all, its status and
+``Cache-Control`` allow is :mod:`pagecache.freshness`'s. ``Set-Cookie`` and hop-by-hop headers are never stored,
 and never sent from a stored entry whoever wrote it (:mod:`pagecache.entry`).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from email.utils import parsedate_tz, mktime_tz
-from typing import Collection, Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 from .cookies import carries_any, has_cookies
 from .entry import NEVER_STORED, Headers, Page
@@ -29,8 +29,6 @@ NOT_MODIFIED_HEADERS = frozenset({
     "cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified",
 })
 
-_UNSTORABLE_DIRECTIVES = ("private", "no-store", "no-cache")
-_DIRECTIVE = re.compile(r"(?:^|,)\s*([A-Za-z-]+)")
 _STATUS_OK = re.compile(r"^[1-5]\d\d(?: [\t\x20-\x7e\x80-\xff]*)?$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_VALUE_OK = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
@@ -67,25 +65,18 @@ def status_code(status: str) -> int:
         return 0
 
 
-def unstorable_reason(status: str, headers: Headers, cache_statuses: Collection[int],
-                      store_cookies: bool = False) -> Optional[str]:
-    """Why a response may not be stored, or None if it may."""
+def unstorable_reason(status: str, headers: Headers, store_cookies: bool = False) -> Optional[str]:
+    """Why a response may not be stored whatever its lifetime (a malformed
+    status line or header, a Vary naming no header, a cookie), or None.
+    What its status and Cache-Control allow is :mod:`pagecache.freshness`'s."""
     if not isinstance(status, str) or not _STATUS_OK.match(status):
         return "invalid status line"
-    code = status_code(status)
-    if code not in cache_statuses:
-        return f"status {code}"
     for name, value in headers:
         if not (isinstance(name, str) and isinstance(value, str)
                 and _TOKEN.match(name) and _HEADER_VALUE_OK.match(value)):
             return f"invalid header {name!r}"
         lower = name.lower()
-        if lower == "cache-control":
-            directives = {d.lower() for d in _DIRECTIVE.findall(value)}
-            for directive in _UNSTORABLE_DIRECTIVES:
-                if directive in directives:
-                    return f"Cache-Control: {directive}"
-        elif lower == "vary":
+        if lower == "vary":
             reason = _vary_problem(value)
             if reason is not None:
                 return reason
@@ -104,19 +95,24 @@ def _vary_problem(value: str) -> Optional[str]:
     return None
 
 
-def headers_to_store(headers: Headers, body: bytes, drop: Iterable[str] = ()) -> Headers:
-    """The headers kept in a stored page: none of :data:`NEVER_STORED` or the
-    headers ``Connection`` names, plus an exact Content-Length and, for a page
-    without one, a strong ETag."""
+def headers_to_store(headers: Headers, body: Optional[bytes], drop: Iterable[str] = ()) -> Tuple[Headers, bool]:
+    """The headers kept in a stored page: none of :data:`NEVER_STORED`,
+    ``drop`` or the headers ``Connection`` names, plus an exact Content-Length
+    and, for a page without an ETag, a strong one made from the body; and
+    whether it was made. ``body`` None: the body is not the stored bytes (ESI
+    parts), so neither is added."""
     dropped = set(NEVER_STORED) | {"content-length"} | {d.lower() for d in drop}
     for name, value in headers:
         if name.lower() == "connection":
             dropped.update(token.strip().lower() for token in value.split(","))
     kept = [(name, value) for name, value in headers if name.lower() not in dropped]
+    if body is None:
+        return kept, False
     kept.append(("Content-Length", str(len(body))))
-    if not any(name.lower() == "etag" for name, _ in kept):
-        kept.append(("ETag", make_etag(body)))
-    return kept
+    if any(name.lower() == "etag" for name, _ in kept):
+        return kept, False
+    kept.append(("ETag", make_etag(body)))
+    return kept, True
 
 
 def make_etag(body: bytes) -> str:

@@ -1,10 +1,12 @@
 """The request flow of pagecache (see DESIGN.md, "How a request flows").
 
-Each step is a short method named for what it does: :meth:`route <__call__>`
-the URL, :meth:`classify` the request, :meth:`lookup` its entry, then
-:meth:`serve_stale`, :meth:`fill` or :meth:`fetch` and :meth:`store`, and
-:meth:`deliver` the answer. Per-request state travels in an
-:class:`~pagecache.exchange.Exchange`.
+Each step is a short method named for what it does: route the URL (in
+``__call__``), :meth:`classify` the request, :meth:`lookup` its entry, then
+:meth:`serve_stale`, :meth:`fill` or :meth:`fetch` it, :meth:`store_response`
+and :meth:`deliver` the answer; unsafe methods :meth:`invalidate` what they
+changed. Per-request state travels in an :class:`~pagecache.exchange.Exchange`;
+the policies live in their own modules (:mod:`~pagecache.freshness`,
+:mod:`~pagecache.revalidation`, :mod:`~pagecache.invalidation`).
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from . import admin, http
+from . import admin, freshness, http, invalidation, revalidation, urls
 from .backends import cache_from_options
 from .capture import Captured, capture
 from .config import ConfigError, convert_options
-from .entry import ERROR_ONLY, FRESH, GRACE, Page, Pass, VaryMarker
+from .entry import ERROR_ONLY, FRESH, GENERATED_ETAG, GRACE, Page, Pass, VaryMarker
 from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
 from .fill import FillEnviron
 from .keys import Keys, request_url
+from .labels import Labels
 from .local import LocalTier
 from .locks import Flight, Flights
 from .purge import Purger
 from .refresh import Refresher
 from .routes import Routes
-from .rules import RuleSpec, parse_rules
+from .rules import Rule, RuleSpec, parse_rules
 from .stats import Stats
 from .store import LOST, UNAVAILABLE, Store
 
@@ -47,31 +50,33 @@ class PageCacheMiddleware:
     """WSGI middleware caching whole responses, with grace periods and no dog-pile.
 
     ``cached_urls`` says which URLs are cached: the seed's tuples
-    ``(("/foo", 30, 120), ...)`` or a text table of ``<pattern> <ttl> <grace>``
-    lines (see :mod:`pagecache.rules`). ``cache`` is any object with
-    memcached's ``get``/``set``/``add``/``delete`` (python-memcached,
-    pymemcache with ``default_noreply=False``, ...); without one, the
-    ``memcached_servers`` option or else an embedded memory cache is used.
-    Every other option is a keyword argument named as in the INI file (see
+    ``(("/foo", 30, 120), ...)`` or a text table of rules (see
+    :mod:`pagecache.rules`). ``cache`` is any object with memcached's
+    ``get``/``set``/``add``/``delete`` (python-memcached, pymemcache with
+    ``default_noreply=False``, ...); without one, the ``memcached_servers``
+    option or else an embedded memory cache is used. Every other option is a
+    keyword argument named as in the INI file (see
     :data:`pagecache.config.OPTIONS`)::
 
         from pagecache import PageCacheMiddleware
         app = PageCacheMiddleware(app, [("/foo", 30, 120), ("/bar", 3600, 60)],
                                   memcache.Client(["127.0.0.1:11211"]))
 
-    What it does to a request for a URL a rule matches: GET and HEAD without
-    ``Authorization`` or a ``bypass_cookies`` cookie are answered from the
-    cache when it can; when the application is called to render a page for the
-    cache it gets a copy of the environ without conditional, ``Range`` and
-    forwarding headers (``X-Forwarded-Host``, ``Forwarded``, ...), because the
-    key does not hold them: a proxy-aware component (ProxyFix) belongs in
-    front of pagecache. Responses carry ``X-Cache`` and, from the cache,
-    ``Age``. URLs no rule matches pass through untouched.
+    What it does to a request for a URL a rule caches: a GET or HEAD without
+    a body that identifies nobody (no cookie, or none ``bypass_cookies``
+    names; no ``Authorization``; no ``REMOTE_USER``) is answered from the
+    cache when it can; the application renders pages for the cache from a
+    request that holds only what the key holds (see :mod:`pagecache.fill`),
+    and says how long they may be kept (see :mod:`pagecache.freshness`).
+    Responses carry ``X-Cache``, ``Cache-Status`` and, from the cache,
+    ``Age``. URLs no rule matches pass through untouched, except that an
+    unsafe method's success invalidates the pages it names.
 
     Security: a stored page is served to everybody who asks for its URL. It
-    never holds ``Set-Cookie``, and ``private``/``no-store``/``no-cache``
-    responses are not stored, but a page that shows per-user content without
-    saying so must be kept out by its rule or by ``bypass_cookies``.
+    never holds ``Set-Cookie`` (responses that set cookies are not stored),
+    and ``private``/``no-store`` responses are not stored, but a page that
+    shows per-user content to a request that carries nothing personal must be
+    kept out by its rule (``pass``).
     """
 
     def __init__(self, app: Callable, cached_urls: RuleSpec, cache: Any = None, *,
@@ -99,20 +104,26 @@ class PageCacheMiddleware:
         self.refresher = Refresher(settings["background_workers"]) if settings["background_refresh"] else None
         self.bypass_cookies = frozenset(settings["bypass_cookies"])
         self.store_cookies = settings["cookie_responses"] == "strip"
-        self.fill_environ = FillEnviron(settings["strip_request_headers"])
-        self.cache_statuses = settings["cache_statuses"]
-        self.negative_ttl = settings["negative_ttl"]
+        name = settings["cache_status"] or "pagecache"
+        self.fill_environ = FillEnviron(settings["strip_request_headers"], surrogate=name)
+        self.policy = freshness.Policy(settings["cache_statuses"], settings["negative_ttl"],
+                                       honour=settings["response_freshness"] == "honour", target=name)
+        self._defaults = {rule: self._rule_defaults(rule) for rule in self.rules}
         self.max_entry_size = settings["max_entry_size"]
         self.wait_timeout = settings["wait_timeout"]
         self.lock_timeout = settings["lock_timeout"]
-        self.stale_if_error = settings["stale_if_error"]
         self.uncacheable_ttl = settings["uncacheable_ttl"]
         self.purge_allowed = settings["purge_allowed"]
         self.stats_path = settings["stats_path"]
-        self._labels = {label: [(header, label.value)] if header else [] for label in Label}
-        self._hit_label = self._labels[HIT]
+        self.labels = Labels(header, settings["cache_status"], settings["server_timing"])
+        self._hit = self.labels.hit       # one bound method, so Page.timed knows it again
+        self._stale = self.labels.stale
         self._dropped_headers = (header,) if header else ()
         self._special = bool(self.purge_allowed or self.stats_path)
+
+    def _rule_defaults(self, rule: Rule) -> freshness.Rule:
+        stale = self.settings["stale_if_error"] if rule.stale_if_error is None else rule.stale_if_error
+        return freshness.Rule(rule.ttl, rule.grace, stale, rule.force, rule.esi)
 
     # -- the flow ---------------------------------------------------------
 
@@ -123,29 +134,33 @@ class PageCacheMiddleware:
             if self.stats_path and environ.get("PATH_INFO") == self.stats_path:
                 return admin.serve_stats(self, environ, start_response)
         route = self.routes[request_url(environ)]
-        if route.rule is None:
-            return self.app(environ, start_response)
-        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0  # 0: not logged
-        if route.bypass is not None:
-            return self.to_app(Exchange(environ, start_response, route, started), BYPASS, "bypasses",
-                               route.bypass)
-        if environ.get("REQUEST_METHOD") == "GET" and "HTTP_COOKIE" not in environ \
+        method = environ.get("REQUEST_METHOD")
+        if route.cacheable and method == "GET" and "HTTP_COOKIE" not in environ \
                 and "HTTP_AUTHORIZATION" not in environ and "REMOTE_USER" not in environ \
                 and not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
             now = self.clock()
             entry = self._load(route.key)
             if type(entry) is Page and now - entry.stored < entry.ttl:  # the hit path
-                if started or "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
-                    return self.deliver(Exchange(environ, start_response, route, started), entry, HIT, now)
+                if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ \
+                        or log.isEnabledFor(logging.DEBUG):
+                    return self.deliver(self._exchange(environ, start_response, route), entry, HIT, now)
                 self.stats.incr("hits")
-                start_response(entry.status, entry.headers + [entry.age_header(now)] + self._hit_label)
+                start_response(entry.status, entry.headers + entry.timed(now, self._hit))
                 return [entry.body]
-            return self.lookup(Exchange(environ, start_response, route, started), entry, now)
-        exchange = Exchange(environ, start_response, route, started)
-        reason = self.classify(exchange)
+            return self.lookup(self._exchange(environ, start_response, route), entry, now)
+        if invalidation.is_unsafe(method):
+            start_response = invalidation.watching(start_response, environ, self.invalidate)
+        if route.rule is None:
+            return self.app(environ, start_response)
+        exchange = self._exchange(environ, start_response, route)
+        reason = route.bypass or self.classify(exchange)
         if reason is not None:
             return self.to_app(exchange, BYPASS, "bypasses", reason)
         return self.lookup(exchange, self._load(route.key), self.clock())
+
+    def _exchange(self, environ: Dict, start_response: StartResponse, route: Any) -> Exchange:
+        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0  # 0: not logged
+        return Exchange(environ, start_response, route, started)
 
     def classify(self, exchange: Exchange) -> Optional[str]:
         """Why this request may not use the cache, or None if it may."""
@@ -154,10 +169,11 @@ class PageCacheMiddleware:
     def lookup(self, exchange: Exchange, entry: Any, now: float) -> Iterable[bytes]:
         """Act on the entry found under the URL's key (None: nothing usable):
         find the variant a vary marker points to, then serve it fresh, serve it
-        stale while one request rebuilds it, or compute the page."""
+        stale while one request rebuilds it, or compute (or revalidate) the page."""
         if type(entry) is VaryMarker:
             entry = self._variant_entry(exchange, entry)
         if type(entry) is Page:
+            exchange.cached = entry
             state = entry.state(now)
             if state is FRESH:
                 return self.deliver(exchange, entry, HIT, now)
@@ -201,8 +217,8 @@ class PageCacheMiddleware:
 
     def _refresh_in_background(self, exchange: Exchange, token: Any, stale: Page,
                                now: float) -> Iterable[bytes]:
-        job = Exchange(self._fill_environ(exchange, background=True), None, exchange.route, 0.0)
-        job.digest, job.marker, job.fallback = exchange.digest, exchange.marker, stale
+        job = Exchange(exchange.environ, None, exchange.route, 0.0)
+        job.digest, job.marker, job.fallback, job.cached = exchange.digest, exchange.marker, stale, stale
         queued = self.refresher.submit(lambda: self._refresh(job, token))
         if queued:
             self.stats.incr("refreshes")
@@ -265,8 +281,8 @@ class PageCacheMiddleware:
         rebuilt = self.fetch(exchange, None, exchange.start_response, count=False)
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, f"{why}; not stored: {rebuilt.reason}")
-            return rebuilt.captured.respond(exchange.start_response, self._labels[MISS])
-        return self.deliver(exchange, rebuilt.page, MISS, rebuilt.page.stored, "stored", rebuilt.cookies)
+            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS))
+        return self._deliver_fetched(exchange, rebuilt)
 
     def _restart(self, exchange: Exchange) -> Iterable[bytes]:
         """Look again: the page turned out to vary, and this request wants another variant."""
@@ -288,7 +304,7 @@ class PageCacheMiddleware:
         captured, failure = self._call_app(exchange, exchange.environ, exchange.start_response, "computing")
         if captured is not None:
             self._decided(exchange, MISS, why)
-            return captured.respond(exchange.start_response, self._labels[MISS])
+            return captured.respond(exchange.start_response, self.labels.forwarded(MISS))
         return self.deliver(exchange, exchange.fallback, STALE, self.clock(),
                             f"{why}; the application failed: {failure}")
 
@@ -349,10 +365,21 @@ class PageCacheMiddleware:
                     Served(STALE, fallback, self._variant(exchange.environ, fallback)))
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, "not stored: " + rebuilt.reason)
-            return rebuilt.captured.respond(exchange.start_response, self._labels[MISS]), Signal.PASS
+            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS)), Signal.PASS
+        outcome = Served(HIT, rebuilt.page, self._variant(exchange.environ, rebuilt.page)) \
+            if rebuilt.shared else Signal.PASS
+        return self._deliver_fetched(exchange, rebuilt), outcome
+
+    def _deliver_fetched(self, exchange: Exchange, rebuilt: Stored) -> List[bytes]:
+        """Give the client whose request fetched it the page just stored (or revalidated)."""
         page = rebuilt.page
-        return (self.deliver(exchange, page, MISS, page.stored, "stored", rebuilt.cookies),
-                Served(HIT, page, self._variant(exchange.environ, page)))
+        now = self.clock()
+        fwd = "stale" if exchange.cached is not None else ("vary-miss" if exchange.marker else "uri-miss")
+        info = rebuilt.cookies + self.labels.forwarded(MISS, fwd, rebuilt.saved, 304 if rebuilt.revalidated else 0)
+        if now - page.stored >= 1:  # it came with an age of its own (an Age header, a Date in the past)
+            info = [("Age", str(int(now - page.stored)))] + info
+        why = "revalidated (304)" if rebuilt.revalidated else "stored"
+        return self.deliver(exchange, page, MISS, now, why if rebuilt.saved else "not stored", info)
 
     def _refresh(self, job: Exchange, token: Any) -> None:
         """Rebuild a page in the background (a worker thread)."""
@@ -362,25 +389,24 @@ class PageCacheMiddleware:
 
     def fetch(self, exchange: Exchange, token: Any, start_response: Optional[StartResponse],
               count: bool = True) -> Rebuilt:
-        """Call the application for the page the key describes and store what
-        may be stored; the lock (``token``) is released whatever happens.
-        Without a fallback, exceptions propagate; with one, a failure is
-        :class:`Failed`."""
+        """Call the application for the page the key describes (asking it to
+        revalidate the page found, if it can be) and store what may be stored;
+        the lock (``token``) is released whatever happens. Without a
+        fallback, exceptions propagate; with one, a failure is :class:`Failed`."""
         if count:
             self.stats.incr("misses")
         try:
-            captured, failure = self._call_app(exchange, self._fill_environ(exchange),
-                                               start_response, "rebuilding")
+            route = exchange.route
+            environ = self.fill_environ(exchange.environ, route.host, route.query, start_response is None,
+                                        revalidation.conditional(exchange.cached))
+            exchange.requested = self.clock()
+            captured, failure = self._call_app(exchange, environ, start_response, "rebuilding")
             if captured is None:
                 return Failed(failure)
             return self.store_response(exchange, captured)
         finally:
             if isinstance(token, bytes):
                 self._unlock(exchange, token)
-
-    def _fill_environ(self, exchange: Exchange, background: bool = False) -> Dict:
-        route = exchange.route
-        return self.fill_environ(exchange.environ, route.host, route.query, background)
 
     def _call_app(self, exchange: Exchange, environ: Dict, start_response: Optional[StartResponse],
                   doing: str) -> Tuple[Optional[Captured], str]:
@@ -408,33 +434,63 @@ class PageCacheMiddleware:
         return captured, ""
 
     def store_response(self, exchange: Exchange, captured: Captured) -> Union[Stored, NotStored]:
-        """Store the application's response if it may be stored; else remember
-        the URL as uncacheable for a while (hit-for-miss), unless a stale copy
-        is kept in reserve: that one stays, and the next request past its TTL
-        asks again while the others are served stale."""
-        now = self.clock()
-        reason = self._unstorable(captured)
+        """Store the application's response if it may be stored, for as long
+        as :mod:`pagecache.freshness` says; a 304 refreshes the page it
+        revalidated. Otherwise remember the URL as uncacheable for a while
+        (hit-for-miss), unless a stale copy is kept in reserve: that one stays,
+        and the next request past its TTL asks again while the others are
+        served stale."""
+        received = self.clock()
+        code = http.status_code(captured.status)
+        cached = exchange.cached
+        if code == 304 and revalidation.conditional(cached):  # the answer to the question fetch asked
+            return self._revalidated(exchange, captured, cached, received)
+        reason = self._unstorable(captured) or self._deceptive(exchange, captured)
+        decision = None
+        if reason is None:
+            decision = self.policy.decide(code, captured.headers, self._defaults[exchange.route.rule],
+                                          exchange.requested, received)
+            reason = decision.reason
         if reason is not None:
             self.stats.incr("uncacheable")
             remember = self.uncacheable_ttl
-            if http.status_code(captured.status) >= 500:
+            if code >= 500:
                 # long enough to release the requests waiting now, short
                 # enough not to keep a recovered page uncached
                 self.stats.incr("app_errors")
                 remember = min(remember, ERROR_PASS_TTL)
             if exchange.fallback is None:
-                self.store.save(self.keys.page(exchange.digest), Pass(now, reason), remember)
+                self.store.save(self.keys.page(exchange.digest), Pass(received, reason), remember)
             return NotStored(captured, reason)
         body = captured.body
         captured.close()
-        rule = exchange.route.rule
-        headers = http.headers_to_store(captured.headers, body, self._dropped_headers)
-        ttl, grace, stale = rule.ttl, rule.grace, self.stale_if_error
-        if http.status_code(captured.status) in (404, 410):
-            ttl, grace, stale = min(ttl, self.negative_ttl), 0.0, 0.0
-        page = Page(captured.status, headers, body, now, ttl, grace, stale)
-        self._save_page(exchange, page, now)
-        return Stored(page, http.set_cookies(captured.headers))
+        page = self._page(captured.status, captured.headers, body, decision)
+        return Stored(page, http.set_cookies(captured.headers), self._save_page(exchange, page, received))
+
+    def _revalidated(self, exchange: Exchange, captured: Captured, cached: Page,
+                     received: float) -> Stored:
+        """The application said the page is still current: its headers and
+        lifetime as the 304 updates them, its body as stored."""
+        captured.close()
+        self.stats.incr("revalidations")
+        fresh, _ = http.headers_to_store(captured.headers, None, self._dropped_headers)
+        headers = revalidation.updated_headers(cached.headers, fresh)
+        decision = self.policy.decide(http.status_code(cached.status), headers,
+                                      self._defaults[exchange.route.rule], exchange.requested, received)
+        cookies = http.set_cookies(captured.headers)
+        if decision.reason is not None:
+            self.store.delete(self.keys.page(exchange.digest))
+            return Stored(cached.replace(headers=headers), cookies, saved=False, shared=False, revalidated=True)
+        page = cached.replace(headers=headers, stored=decision.stored, ttl=decision.ttl, grace=decision.grace,
+                              stale=decision.stale, keep=decision.keep,
+                              flags=decision.flags + (GENERATED_ETAG if cached.has(GENERATED_ETAG) else ""))
+        return Stored(page, cookies, self._save_page(exchange, page, received), revalidated=True)
+
+    def _page(self, status: str, headers: http.Headers, body: bytes, decision: freshness.Decision) -> Page:
+        kept, generated = http.headers_to_store(headers, body, self._dropped_headers + tuple(decision.dropped))
+        flags = decision.flags + (GENERATED_ETAG if generated else "")
+        return Page(status, kept, body, decision.stored, decision.ttl, decision.grace, decision.stale,
+                    keep=decision.keep, flags=flags)
 
     def _unstorable(self, captured: Captured) -> Optional[str]:
         if captured.exc_info is not None:
@@ -443,13 +499,18 @@ class PageCacheMiddleware:
             if captured.size > self.max_entry_size:
                 return "larger than max_entry_size"
             return "body is not bytes"
-        return http.unstorable_reason(captured.status, captured.headers, self.cache_statuses,
-                                      self.store_cookies)
+        return http.unstorable_reason(captured.status, captured.headers, self.store_cookies)
 
-    def _save_page(self, exchange: Exchange, page: Page, now: float) -> None:
+    def _deceptive(self, exchange: Exchange, captured: Captured) -> Optional[str]:
+        """A URL that looks like a static file stores only a response of that type."""
+        content_type = next((value for name, value in captured.headers if name.lower() == "content-type"), None)
+        return urls.static_type_mismatch(exchange.environ.get("PATH_INFO", ""), content_type)
+
+    def _save_page(self, exchange: Exchange, page: Page, now: float) -> bool:
         """Save ``page`` under its variant's key (writing the URL's vary marker
-        first when it varies), and keep it in the local tier."""
-        lifetime = page.lifetime() + 1
+        first when it varies), and keep it in the local tier; whether the
+        cache took it."""
+        lifetime = max(1.0, page.stored + page.lifetime() - now) + 1
         names = http.vary_names(page.headers)
         digest = exchange.primary
         if names:
@@ -466,8 +527,9 @@ class PageCacheMiddleware:
             self.stats.incr("stores")
             if self.local is not None:
                 self.local.put(key, page, now)
-        else:
-            self.stats.incr("store_failures")
+            return True
+        self.stats.incr("store_failures")
+        return False
 
     # -- serving ----------------------------------------------------------
 
@@ -485,19 +547,15 @@ class PageCacheMiddleware:
         return entry
 
     def deliver(self, exchange: Exchange, page: Page, label: Label, now: float,
-                why: str = "", extra: http.Headers = ()) -> List[bytes]:
+                why: str = "", info: Optional[http.Headers] = None) -> List[bytes]:
         """Answer with a stored page, or a 304 when the request's validators
-        match it; labelled, counted (a MISS was counted when it was computed)
-        and logged."""
+        match it; labelled (``info``: the labels of a page just fetched),
+        counted (a MISS was counted when it was computed) and logged."""
         environ = exchange.environ
-        if label is MISS:
-            info = self._labels[MISS]
-        else:
+        if info is None:
             self.stats.incr("hits" if label is HIT else "stale")
-            info = [page.age_header(now)] + self._labels[label]
+            info = page.timed(now, self._hit if label is HIT else self._stale)
         self._decided(exchange, label, why)
-        if extra:
-            info = list(extra) + info
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
                 and http.not_modified(environ, page):
             exchange.start_response("304 Not Modified", http.not_modified_headers(page.headers) + info)
@@ -514,7 +572,7 @@ class PageCacheMiddleware:
         return self.app(exchange.environ, self._labelled(exchange.start_response, label))
 
     def _labelled(self, start_response: StartResponse, label: Label) -> StartResponse:
-        extra = self._labels[label]
+        extra = self.labels.forwarded(label, "bypass" if label is BYPASS else "uri-miss")
         if not extra:
             return start_response
 
@@ -534,7 +592,22 @@ class PageCacheMiddleware:
                       outcome.value, (time.perf_counter() - exchange.started) * 1000,
                       f" ({why})" if why else "")
 
-    # -- purge ------------------------------------------------------------
+    # -- purge and invalidation ------------------------------------------
+
+    def invalidate(self, urls: Iterable[tuple]) -> int:
+        """Make the pages at these request URLs (see
+        :func:`pagecache.keys.request_url`) misses, in every process sharing
+        the cache (an unsafe method succeeded on them); how many were cached."""
+        found = 0
+        for url in urls:
+            route = self.routes.route(url)
+            if route.cacheable and self.store.delete(route.key):
+                found += 1
+        if self.local is not None:
+            self.local.clear()
+        if found:
+            self.stats.incr("invalidations", found)
+        return found
 
     def purge(self, url: str, soft: bool = False) -> bool:
         """Remove the page at ``url`` (all its variants); with ``soft``, only end

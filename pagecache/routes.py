@@ -28,16 +28,13 @@ class Route:
     and query as the key holds them (the application renders the page from
     exactly those)."""
 
-    __slots__ = ("rule", "bypass", "digest", "key", "host", "query")
+    __slots__ = ("rule", "bypass", "digest", "key", "host", "query", "cacheable")
 
     def __init__(self, rule: Optional[Rule], bypass: Optional[str] = None, digest: str = "",
                  key: str = "", host: str = "", query: str = ""):
         self.rule, self.bypass = rule, bypass
         self.digest, self.key, self.host, self.query = digest, key, host, query
-
-    @property
-    def cacheable(self) -> bool:
-        return self.rule is not None and self.bypass is None
+        self.cacheable = rule is not None and bypass is None
 
     def __repr__(self) -> str:
         return f"<Route {self.rule!r} {self.bypass or self.key}>"

@@ -14,7 +14,7 @@ what they all read alike, and anything else goes to the application uncached.
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote_plus
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -76,3 +76,36 @@ def normalise_query(query: str, ignored: Iterable[str] = (), sort: bool = False)
 
 def _name(part: str) -> str:
     return unquote_plus(part.split("=", 1)[0])
+
+
+# What a URL that looks like a static file must be answered with to be stored:
+# web cache deception makes a router answer /account/x.css with the account
+# page, which a rule meant for stylesheets would store for everybody.
+STATIC_TYPES: Dict[str, Tuple[str, ...]] = {
+    "css": ("text/css",),
+    "js": ("application/javascript", "text/javascript", "application/x-javascript", "application/ecmascript"),
+    "mjs": ("application/javascript", "text/javascript"),
+    "json": ("application/json",), "map": ("application/json",),
+    "png": ("image/png",), "gif": ("image/gif",), "jpg": ("image/jpeg",), "jpeg": ("image/jpeg",),
+    "webp": ("image/webp",), "avif": ("image/avif",), "svg": ("image/svg+xml",),
+    "ico": ("image/x-icon", "image/vnd.microsoft.icon"),
+    "woff": ("font/woff", "application/font-woff"), "woff2": ("font/woff2",),
+    "ttf": ("font/ttf", "application/x-font-ttf", "font/sfnt"), "otf": ("font/otf", "font/sfnt"),
+    "txt": ("text/plain",), "xml": ("application/xml", "text/xml"), "pdf": ("application/pdf",),
+    "mp4": ("video/mp4",), "webm": ("video/webm",), "mp3": ("audio/mpeg",), "wasm": ("application/wasm",),
+}
+
+
+def static_type_mismatch(path: str, content_type: Optional[str]) -> Optional[str]:
+    """Why a response to ``path`` may not be stored because the path looks like
+    a static file (by its extension) and the response is not of that type, or
+    None."""
+    name = path.rpartition("/")[2]
+    stem, dot, extension = name.rpartition(".")
+    expected = STATIC_TYPES.get(extension.lower()) if dot and stem else None
+    if expected is None:
+        return None
+    given = (content_type or "").split(";", 1)[0].strip().lower()
+    if given in expected or (extension.lower() in ("json", "map") and given.endswith("+json")):
+        return None
+    return f"Content-Type {given or '(none)'} does not match .{extension.lower()} (web cache deception)"

@@ -323,6 +323,29 @@ def test_web_cache_deception_with_a_query_that_looks_like_a_stylesheet(deploy, s
     assert not stored, f"the victim's request stored {stored}"
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_web_cache_deception_with_a_path_that_looks_like_a_stylesheet(deploy, server):
+    """Attack (web cache deception): Pyramid's traversal renders the account
+    page for any subpath of it, so ``/account/x.css`` is the victim's account
+    page (the victim is identified by an API key the cache can't see), and
+    the rule meant for stylesheets matches it. Guarantee: a URL that looks
+    like a static file (by its extension) stores only a response of that
+    type: the account page (text/html) is given to the victim and not stored,
+    while a real stylesheet is."""
+    deployment = deploy("pyramid", """
+        cached_urls =
+            ~\\.(css|js)$  1h  1h
+        """, servers=[server])
+    site = deployment.servers[0]
+    victim = site.get("/account/x.css", [api_key("alice")])
+    assert "Account of alice" in victim.text and victim.cache == "MISS", victim
+    assert deployment.stored_pages() == set(), "the account page was stored under /account/x.css"
+    attacker = site.get("/account/x.css")
+    assert "alice" not in attacker.text, f"the attacker was served alice's account page ({attacker.cache})"
+    script = [site.get("/static/app.js"), site.get("/static/app.js")]
+    assert [reply.cache for reply in script] == ["MISS", "HIT"], script
+
+
 # -- 8. parameter cloaking ----------------------------------------------------------------
 
 

@@ -601,7 +601,7 @@ def comparable(served: Served) -> Tuple:
     status the application had set is not seen."""
     if served.error is not None and not served.chunks:
         return (None, [], b"", type(served.error))
-    ours = {"x-cache", "content-length", "etag", "age"}
+    ours = {"x-cache", "cache-status", "content-length", "etag", "age"}
     headers = [(n, v) for n, v in served.headers if n.lower() not in ours]
     return (served.status, headers, served.body, type(served.error))
 

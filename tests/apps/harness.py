@@ -224,6 +224,18 @@ class Deployment:
         """Keys of pages, vary and pass markers of this deployment (``<prefix>:p:...``)."""
         return {key for key in self.memcached.keys() if key.startswith(self.key_prefix + ":p:")}
 
+    def stored_pages(self) -> Set[str]:
+        """Keys under which a page is stored (not a vary or pass marker)."""
+        import memcache
+
+        from pagecache.entry import Page, parse
+
+        client = memcache.Client([self.memcached.address])
+        try:
+            return {key for key in self.page_keys() if type(parse(client.get(key))) is Page}
+        finally:
+            client.disconnect_all()
+
     def lock_keys(self) -> Set[str]:
         return {key for key in self.memcached.keys() if key.startswith(self.key_prefix + ":l:")}
 
