@@ -7,9 +7,9 @@
     python3 dev.py conformance    # pagecache through the HTTP cache test suite (needs Node.js)
 
 Each task creates ./.venv and installs what it needs into it (again only when
-setup.cfg changes). Tests and benchmarks need the memcached binary: if it is
-missing, it is installed with apt-get when that is possible (root, or sudo),
-otherwise the task stops and says what to install.
+setup.cfg changes). Tests and benchmarks need the memcached binary, and the
+tests Chromium: if one is missing, it is installed with apt-get when that is
+possible (root, or sudo), otherwise the task stops and says what to install.
 """
 
 import os
@@ -90,9 +90,20 @@ def serve(args):
     os.execv(os.path.join(BIN, "pserve"), ["pserve", "development.ini", *args])
 
 
+def ensure_chromium():
+    """Debian's chromium, which the browser tests drive (tests/browser.py)."""
+    explicit = os.environ.get("PAGECACHE_CHROMIUM")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            sys.exit(f"dev.py: PAGECACHE_CHROMIUM={explicit} is not an executable")
+        return explicit
+    return ensure_program("chromium", "chromium")
+
+
 def test(args):
     ensure_venv("test")
     os.environ["PAGECACHE_MEMCACHED"] = ensure_memcached()
+    os.environ["PAGECACHE_CHROMIUM"] = ensure_chromium()
     os.chdir(ROOT)
     os.execv(PYTHON, [PYTHON, "-m", "pytest", *args])
 

@@ -1,5 +1,7 @@
-"""The requests pagecache answers itself, never the application: HTTP ``PURGE``
-and the counters at ``stats_path``, both for ``purge_allowed`` addresses only."""
+"""The requests pagecache answers itself, never the application, for
+``purge_allowed`` addresses only: HTTP ``PURGE``, the dashboard and counters
+at ``stats_path`` (HTML for browsers, JSON for anything that doesn't ask for
+HTML first), and Prometheus' text format at ``metrics_path``."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import json
 import logging
 from typing import Any, Callable, Dict, Iterable, List, Sequence
 
+from . import dashboard, metrics
+from .backends import server_states
+from .config import ConfigError
 from .keys import request_url
 
 log = logging.getLogger("pagecache")
@@ -54,11 +59,64 @@ def http_purge(middleware: Any, environ: Dict, start_response: StartResponse) ->
     return plain(start_response, "404 Not Found", f"nothing cached for {url}\n")
 
 
+def snapshot(middleware: Any) -> Dict[str, Any]:
+    """The counters of this process, or of every worker of its server with
+    ``stats_dir``; and the state of the cache's servers."""
+    found = middleware.shared.combined() if middleware.shared is not None else middleware.stats.snapshot()
+    found["servers"] = server_states(middleware.cache)
+    return found
+
+
 def serve_stats(middleware: Any, environ: Dict, start_response: StartResponse) -> Iterable[bytes]:
-    """The counters, as JSON."""
+    """The dashboard for a browser, the counters as JSON for anything else."""
     if not allowed(environ, middleware.purge_allowed):
         return plain(start_response, "403 Forbidden", "stats not allowed from this address\n")
-    body = json.dumps(middleware.stats.snapshot(), indent=1, sort_keys=True).encode("ascii")
+    if wants_html(environ.get("HTTP_ACCEPT", "")):
+        body = dashboard.page(environ.get("SCRIPT_NAME", "") + middleware.stats_path)
+        start_response("200 OK", dashboard.HEADERS + [("Content-Length", str(len(body)))])
+        return [body]
+    body = json.dumps(snapshot(middleware), indent=1, sort_keys=True).encode("ascii")
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                              ("Cache-Control", "no-store"), ("Vary", "Accept")])
+    return [body]
+
+
+def check_metrics() -> None:
+    """``metrics_path`` needs prometheus_client: a ConfigError at load time without it."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"option metrics_path: prometheus_client is not installed ({metrics.PIP_HINT})",
+                          "metrics_path") from None
+
+
+def serve_metrics(middleware: Any, environ: Dict, start_response: StartResponse) -> Iterable[bytes]:
+    """The counters in Prometheus' text format."""
+    if not allowed(environ, middleware.purge_allowed):
+        return plain(start_response, "403 Forbidden", "metrics not allowed from this address\n")
+    content_type, body = metrics.prometheus(snapshot(middleware))
+    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
                               ("Cache-Control", "no-store")])
     return [body]
+
+
+def wants_html(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers HTML to JSON (a browser's does;
+    ``*/*``, none or ``application/json`` do not)."""
+    html = json_ = 0.0
+    for item in accept.split(","):
+        media, _, parameters = item.strip().partition(";")
+        quality = 1.0
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.strip().lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            html = max(html, quality)
+        elif media in ("application/json", "*/*", "application/*"):
+            json_ = max(json_, quality)
+    return html > json_

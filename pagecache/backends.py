@@ -220,3 +220,25 @@ def cache_from_options(settings: dict, clock: Callable[[], float] = time.time,
         return memcached_client(settings["memcached_servers"], settings["memcached_client"],
                                 settings["memcached_timeout"], settings["memcached_retry"], on_error)
     return MemoryCache(settings["memory_limit"], clock)
+
+
+def server_states(cache: Any) -> List[dict]:
+    """The servers behind ``cache`` and their state as its client sees them
+    (``up``, ``down`` while it leaves a failed one alone), for the dashboard;
+    the embedded cache is one ``embedded`` entry."""
+    if isinstance(cache, MemoryCache):
+        return [{"address": "embedded cache (in each process)", "state": "embedded", "error": None}]
+    now = time.time()
+    found = []
+    for host in getattr(cache, "servers", None) or ():  # python-memcached
+        if hasattr(host, "deaduntil"):
+            down = host.deaduntil > now
+            found.append({"address": f"{host.ip}:{host.port}", "state": "down" if down else "up",
+                          "error": f"left alone for {host.deaduntil - now:.0f}s more" if down else None})
+    clients = getattr(cache, "clients", None)
+    if isinstance(clients, dict):  # pymemcache's HashClient
+        dead = getattr(cache, "_dead_clients", {}) or {}
+        for key in sorted(set(clients) | {getattr(c, "server", c) for c in dead}, key=str):
+            address = ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
+            found.append({"address": address, "state": "down" if key in dead else "up", "error": None})
+    return found

@@ -190,6 +190,14 @@ def header_names(value: Any) -> Tuple[str, ...]:
     return names
 
 
+def directory(value: Any) -> str:
+    """A directory path (made when first used), or empty for none."""
+    text = "" if value is None else str(value).strip()
+    if text and "\0" in text:
+        raise ValueError(f"{text!r} is not a path")
+    return text
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     """A converter accepting exactly one of ``choices``."""
     def convert(value: Any) -> str:
@@ -243,7 +251,9 @@ OPTIONS: Dict[str, Option] = {
     "local_size": Option(positive_int, 1000, "most pages held in process memory"),
     "local_memory_limit": Option(size, 16 << 20, "most bytes of pages held in process memory"),
     "purge_allowed": Option(networks, (), "networks allowed PURGE and stats; none: PURGE goes to the app"),
-    "stats_path": Option(url_path, "", "path serving the counters as JSON; empty: off"),
+    "stats_path": Option(url_path, "", "path serving the dashboard (browsers) and the counters as JSON; empty: off"),
+    "metrics_path": Option(url_path, "", "path serving the counters in Prometheus' text format; empty: off"),
+    "stats_dir": Option(directory, "", "a directory where the worker processes of one server share their counters"),
 }
 
 

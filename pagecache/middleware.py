@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from . import admin, freshness, http, invalidation, revalidation, urls
+from . import admin, freshness, http, invalidation, metrics, revalidation, urls
 from .backends import cache_from_options
 from .capture import Captured, capture
 from .config import ConfigError, convert_options
@@ -86,7 +86,7 @@ class PageCacheMiddleware:
         self.rules = parse_rules(cached_urls)
         self.settings = settings
         self.clock = clock or time.time
-        self.stats = Stats()
+        self.stats = Stats(self.rules)
         if cache is None:
             cache = cache_from_options(settings, self.clock, on_error=lambda what: self.store.failed(what))
         elif settings["memcached_servers"]:
@@ -119,7 +119,23 @@ class PageCacheMiddleware:
         self._hit = self.labels.hit       # one bound method, so Page.timed knows it again
         self._stale = self.labels.stale
         self._dropped_headers = (header,) if header else ()
-        self._special = bool(self.purge_allowed or self.stats_path)
+        self.metrics_path = settings["metrics_path"]
+        self._next_hit_record = 0.0
+        self.shared = self._share_stats(settings["stats_dir"])
+        if self.metrics_path:
+            admin.check_metrics()
+        self._special = bool(self.purge_allowed or self.stats_path or self.metrics_path)
+
+    def _share_stats(self, directory: str) -> Optional[metrics.Shared]:
+        """With ``stats_dir``, the counters of the worker processes of one server are added up."""
+        if not directory:
+            return None
+        try:
+            shared = metrics.Shared(self.stats, directory)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"option stats_dir: {error}", "stats_dir", directory) from None
+        shared.start()
+        return shared
 
     def _rule_defaults(self, rule: Rule) -> freshness.Rule:
         stale = self.settings["stale_if_error"] if rule.stale_if_error is None else rule.stale_if_error
@@ -133,6 +149,8 @@ class PageCacheMiddleware:
                 return admin.http_purge(self, environ, start_response)
             if self.stats_path and environ.get("PATH_INFO") == self.stats_path:
                 return admin.serve_stats(self, environ, start_response)
+            if self.metrics_path and environ.get("PATH_INFO") == self.metrics_path:
+                return admin.serve_metrics(self, environ, start_response)
         route = self.routes[request_url(environ)]
         method = environ.get("REQUEST_METHOD")
         if route.cacheable and method == "GET" and "HTTP_COOKIE" not in environ \
@@ -144,7 +162,9 @@ class PageCacheMiddleware:
                 if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ \
                         or log.isEnabledFor(logging.DEBUG):
                     return self.deliver(self._exchange(environ, start_response, route), entry, HIT, now)
-                self.stats.incr("hits")
+                self.stats.incr("hits", 1, route.index)
+                if now >= self._next_hit_record:
+                    self._record_hit(environ, now)
                 start_response(entry.status, entry.headers + entry.timed(now, self._hit))
                 return [entry.body]
             return self.lookup(self._exchange(environ, start_response, route), entry, now)
@@ -221,7 +241,7 @@ class PageCacheMiddleware:
         job.digest, job.marker, job.fallback, job.cached = exchange.digest, exchange.marker, stale, stale
         queued = self.refresher.submit(lambda: self._refresh(job, token))
         if queued:
-            self.stats.incr("refreshes")
+            self._count(exchange, "refreshes")
         else:
             self._unlock(exchange, token)
         return self.deliver(exchange, stale, STALE, now,
@@ -238,7 +258,9 @@ class PageCacheMiddleware:
         try:
             token = self._lock(exchange)
             if token is LOST:
+                waited = time.perf_counter()
                 token = self._await(exchange, key)
+                self.stats.observe("wait_seconds", time.perf_counter() - waited, exchange.route.index)
             if isinstance(token, Page):
                 outcome = Served(HIT, token, self._variant(exchange.environ, token))
                 return self.deliver(exchange, token, HIT, self.clock(), "computed by another request")
@@ -249,7 +271,7 @@ class PageCacheMiddleware:
                 outcome = Signal.RESTART
                 return self._restart(exchange)
             if token is None:
-                self.stats.incr("wait_timeouts")
+                self._count(exchange, "wait_timeouts")
                 return self._unstored(exchange, "wait_timeout reached")
             response, outcome = self._rebuild_for_client(exchange, token)
             return response
@@ -258,9 +280,12 @@ class PageCacheMiddleware:
 
     def _follow(self, exchange: Exchange, flight: Flight) -> Iterable[bytes]:
         """Wait for the page this process's leader computes or awaits."""
-        self.stats.incr("waits")
-        if not flight.done.wait(self.wait_timeout):
-            self.stats.incr("wait_timeouts")
+        self._count(exchange, "waits")
+        waited = time.perf_counter()
+        done = flight.done.wait(self.wait_timeout)
+        self.stats.observe("wait_seconds", time.perf_counter() - waited, exchange.route.index)
+        if not done:
+            self._count(exchange, "wait_timeouts")
             return self._unstored(exchange, "wait_timeout reached")
         outcome = flight.outcome
         if type(outcome) is Served:
@@ -277,7 +302,7 @@ class PageCacheMiddleware:
         """The URL's responses could not be stored lately: ask the application
         at once, without a lock or waiting on others, and store its answer if
         it may be stored after all (hit-for-miss)."""
-        self.stats.incr("passes")
+        self._count(exchange, "passes")
         rebuilt = self.fetch(exchange, None, exchange.start_response, count=False)
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, f"{why}; not stored: {rebuilt.reason}")
@@ -300,7 +325,7 @@ class PageCacheMiddleware:
         stale_if_error) is served instead."""
         if exchange.fallback is None:
             return self.to_app(exchange, MISS, "misses", why)
-        self.stats.incr("misses")
+        self._count(exchange, "misses")
         captured, failure = self._call_app(exchange, exchange.environ, exchange.start_response, "computing")
         if captured is not None:
             self._decided(exchange, MISS, why)
@@ -330,7 +355,7 @@ class PageCacheMiddleware:
         (a Page), found uncacheable (Signal.PASS), found to vary
         (Signal.RESTART), or the lock is free to take (a token); None after
         ``wait_timeout``."""
-        self.stats.incr("waits")
+        self._count(exchange, "waits")
         deadline = time.monotonic() + self.wait_timeout
         delay = POLL_FIRST
         while True:
@@ -394,7 +419,7 @@ class PageCacheMiddleware:
         the lock (``token``) is released whatever happens. Without a
         fallback, exceptions propagate; with one, a failure is :class:`Failed`."""
         if count:
-            self.stats.incr("misses")
+            self._count(exchange, "misses")
         try:
             route = exchange.route
             environ = self.fill_environ(exchange.environ, route.host, route.query, start_response is None,
@@ -417,17 +442,20 @@ class PageCacheMiddleware:
         fallback = exchange.fallback
         if start_response is not None:  # a response written past max_entry_size goes out at once
             start_response = self._labelled(start_response, MISS)
+        called = time.perf_counter()
         try:
             captured = capture(self.app, environ, self.max_entry_size, start_response)
         except Exception as error:
-            self.stats.incr("app_errors")
+            self.stats.observe("app_seconds", time.perf_counter() - called, exchange.route.index)
+            self._count(exchange, "app_errors")
             if fallback is None:
                 raise
             log.error("%s %s failed; serving the stale copy", doing, admin.url_of(environ), exc_info=True)
             return None, f"{type(error).__name__}: {error}"
+        self.stats.observe("app_seconds", time.perf_counter() - called, exchange.route.index)
         if fallback is not None and http.status_code(captured.status) >= 500 and not captured.sent:
             captured.close()
-            self.stats.incr("app_errors")
+            self._count(exchange, "app_errors")
             log.error("%s %s answered %s; serving the stale copy", doing, admin.url_of(environ),
                       captured.status)
             return None, f"status {captured.status}"
@@ -452,12 +480,12 @@ class PageCacheMiddleware:
                                           exchange.requested, received)
             reason = decision.reason
         if reason is not None:
-            self.stats.incr("uncacheable")
+            self._count(exchange, "uncacheable")
             remember = self.uncacheable_ttl
             if code >= 500:
                 # long enough to release the requests waiting now, short
                 # enough not to keep a recovered page uncached
-                self.stats.incr("app_errors")
+                self._count(exchange, "app_errors")
                 remember = min(remember, ERROR_PASS_TTL)
             if exchange.fallback is None:
                 self.store.save(self.keys.page(exchange.digest), Pass(received, reason), remember)
@@ -472,7 +500,7 @@ class PageCacheMiddleware:
         """The application said the page is still current: its headers and
         lifetime as the 304 updates them, its body as stored."""
         captured.close()
-        self.stats.incr("revalidations")
+        self._count(exchange, "revalidations")
         fresh, _ = http.headers_to_store(captured.headers, None, self._dropped_headers)
         headers = revalidation.updated_headers(cached.headers, fresh)
         decision = self.policy.decide(http.status_code(cached.status), headers,
@@ -524,11 +552,11 @@ class PageCacheMiddleware:
                                        http.variant_of(exchange.environ, names))
         key = self.keys.page(digest)
         if self.store.save(key, page, lifetime):
-            self.stats.incr("stores")
+            self._count(exchange, "stores")
             if self.local is not None:
                 self.local.put(key, page, now)
             return True
-        self.stats.incr("store_failures")
+        self._count(exchange, "store_failures")
         return False
 
     # -- serving ----------------------------------------------------------
@@ -553,7 +581,7 @@ class PageCacheMiddleware:
         counted (a MISS was counted when it was computed) and logged."""
         environ = exchange.environ
         if info is None:
-            self.stats.incr("hits" if label is HIT else "stale")
+            self._count(exchange, "hits" if label is HIT else "stale")
             info = page.timed(now, self._hit if label is HIT else self._stale)
         self._decided(exchange, label, why)
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
@@ -567,7 +595,7 @@ class PageCacheMiddleware:
 
     def to_app(self, exchange: Exchange, label: Label, counter: str, why: str) -> Iterable[bytes]:
         """Let the application answer, its response labelled; counted and logged."""
-        self.stats.incr(counter)
+        self._count(exchange, counter)
         self._decided(exchange, label, why)
         return self.app(exchange.environ, self._labelled(exchange.start_response, label))
 
@@ -584,13 +612,25 @@ class PageCacheMiddleware:
         names = http.vary_names(page.headers)
         return http.variant_of(environ, names) if names else None
 
+    def _count(self, exchange: Exchange, counter: str) -> None:
+        self.stats.incr(counter, 1, exchange.route.index)
+
     def _decided(self, exchange: Exchange, outcome: Label, why: str = "") -> None:
-        """Log the decision at DEBUG (when the request was timed for it)."""
+        """Remember the decision for the dashboard, and log it at DEBUG (when
+        the request was timed for it)."""
+        environ = exchange.environ
+        url = admin.url_of(environ)
+        took = (time.perf_counter() - exchange.started) * 1000 if exchange.started else 0.0
+        self.stats.decision(time.time(), environ.get("REQUEST_METHOD", ""), url, outcome.value, why, took)
         if exchange.started:
-            environ = exchange.environ
-            log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), admin.url_of(environ),
-                      outcome.value, (time.perf_counter() - exchange.started) * 1000,
+            log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), url, outcome.value, took,
                       f" ({why})" if why else "")
+
+    def _record_hit(self, environ: Dict, now: float) -> None:
+        """Remember a hit among the last decisions, at most one a second: the
+        hit path has no time for more."""
+        self._next_hit_record = now + 1.0
+        self.stats.decision(time.time(), "GET", admin.url_of(environ), HIT.value, "", 0.0)
 
     # -- purge and invalidation ------------------------------------------
 

@@ -8,15 +8,11 @@ the option and, when the INI file can be read, its line.
 
 from __future__ import annotations
 
-import html
-import itertools
-import os
 import re
-import threading
-import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .config import ConfigError, convert_options
+from .demo import DemoApp
 from .middleware import PageCacheMiddleware
 from .rules import Rules, parse_rules
 
@@ -69,41 +65,13 @@ def locate(ini_file: Optional[str], option: str, text: str = "") -> Optional[str
     return None
 
 
-class DemoApp:
-    """A page that takes ``delay`` seconds to render and says when and by which
-    process it was rendered, so HIT, STALE and MISS can be watched in a browser."""
-
-    def __init__(self, delay: float = 1.0):
-        self.delay = delay
-        self._count = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: Dict, start_response: Callable) -> Iterable[bytes]:
-        with self._lock:
-            number = next(self._count)
-        time.sleep(self.delay)
-        path = environ.get("PATH_INFO", "/")
-        rendered = time.strftime("%H:%M:%S", time.localtime())
-        links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in ("/", "/news", "/private", "/uncached/"))
-        body = (f"<!doctype html><title>pagecache demo</title>"
-                f"<h1>{html.escape(path)}</h1>"
-                f"<p>Rendered at <b>{rendered}</b> by process {os.getpid()} "
-                f"(render #{number}, which took {self.delay:g}s).</p>"
-                f"<p>Reload: inside the TTL the time stays (X-Cache: HIT); in the grace period "
-                f"one reload rebuilds it while others get the old copy (STALE).</p>"
-                f"<ul>{links}</ul>").encode("utf-8")
-        headers: List[Tuple[str, str]] = [("Content-Type", "text/html; charset=utf-8"),
-                                          ("Content-Length", str(len(body)))]
-        if path.startswith("/private"):
-            headers.append(("Cache-Control", "private"))
-        start_response("200 OK", headers)
-        return [body]
-
-
 def demo_app_factory(global_conf: Dict[str, str], delay: str = "1") -> DemoApp:
-    """``use = egg:pagecache#demo``: the slow demo page."""
+    """``use = egg:pagecache#demo``: the demo's slow pages (:mod:`pagecache.demo`);
+    ``delay`` is the seconds each page takes to render (default 1)."""
     try:
         seconds = float(delay)
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(delay)
     except ValueError:
         raise ConfigError(f"option delay: {delay!r} is not a number of seconds", "delay") from None
     return DemoApp(seconds)

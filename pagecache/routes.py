@@ -28,11 +28,12 @@ class Route:
     and query as the key holds them (the application renders the page from
     exactly those)."""
 
-    __slots__ = ("rule", "bypass", "digest", "key", "host", "query", "cacheable")
+    __slots__ = ("rule", "index", "bypass", "digest", "key", "host", "query", "cacheable")
 
     def __init__(self, rule: Optional[Rule], bypass: Optional[str] = None, digest: str = "",
-                 key: str = "", host: str = "", query: str = ""):
+                 key: str = "", host: str = "", query: str = "", index: Optional[int] = None):
         self.rule, self.bypass = rule, bypass
+        self.index = index  # the rule's position in the table: how counters name it
         self.digest, self.key, self.host, self.query = digest, key, host, query
         self.cacheable = rule is not None and bypass is None
 
@@ -49,6 +50,7 @@ class Routes(Dict[RequestURL, Route]):
         self.rules = rules
         self.keys = keys
         self.charset = charset
+        self.positions = {id(rule): index for index, rule in enumerate(rules)}
 
     def __missing__(self, url: RequestURL) -> Route:
         route = self.route(url)
@@ -65,18 +67,19 @@ class Routes(Dict[RequestURL, Route]):
         rule = self.rules.match(self.decode(path), query)
         if rule is None:
             return Route(None)
+        index = self.positions.get(id(rule))
         if rule.passes:
-            return Route(rule, "pass rule")
+            return Route(rule, "pass rule", index=index)
         host = canonical_host(raw_host, scheme)
         if host is None:
-            return Route(rule, "Host is not a host name")
+            return Route(rule, "Host is not a host name", index=index)
         if scheme not in SCHEMES:
-            return Route(rule, "scheme")
+            return Route(rule, "scheme", index=index)
         if not path_is_plain(path) or not path_is_plain(script):
-            return Route(rule, "path read differently by routers (dot or empty segments, escapes)")
+            return Route(rule, "path read differently by routers (dot or empty segments, escapes)", index=index)
         query = self.keys.query(query)
         digest = self.keys.digest_of_parts(scheme, host, script + path, query)
-        return Route(rule, None, digest, self.keys.page(digest), host, query)
+        return Route(rule, None, digest, self.keys.page(digest), host, query, index)
 
     def decode(self, path: str) -> str:
         """A PATH_INFO (bytes as latin-1, per WSGI) decoded with ``charset``, as rules see it."""

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def moved(mw) -> Dict[str, float]:
     """The counters that are not zero."""
-    return {name: value for name, value in mw.stats.snapshot().items() if value and name != "uptime"}
+    return {name: value for name, value in mw.stats.counts().items() if value}
 
 
 class FailingApp(CountingApp):
@@ -173,10 +173,18 @@ def test_stats_path_serves_the_counters_as_json_to_allowed_networks(make):
     assert response.content_type == "application/json"
     assert response.headers["Cache-Control"] == "no-store"
     counts = json.loads(response.text)
-    assert set(counts) == set(COUNTERS) | {"uptime"}
-    assert counts["uptime"] >= 0
-    assert {name: value for name, value in counts.items() if value and name != "uptime"} == \
-        {"misses": 1, "stores": 1, "hits": 1}
+    assert set(counts) == set(COUNTERS) | {"uptime", "processes", "pid", "started", "time", "rules",
+                                           "histograms", "history", "recent", "servers"}
+    assert counts["uptime"] >= 0 and counts["processes"] == 1
+    assert {name: counts[name] for name in COUNTERS if counts[name]} == {"misses": 1, "stores": 1, "hits": 1}
+    assert counts["rules"]["/news"] == {"misses": 1, "stores": 1, "hits": 1}  # counted for its rule
+    assert counts["histograms"]["app_seconds"]["/news"]["count"] == 1
+    assert [(d["method"], d["url"], d["outcome"]) for d in counts["recent"]] == [
+        ("GET", "http://example.com/news", "HIT"), ("GET", "http://example.com/news", "MISS")]
+    assert counts["servers"] == ([{"address": "embedded cache (in each process)", "state": "embedded", "error": None}]
+                                 if "memcached_servers" not in mw.settings or not mw.settings["memcached_servers"]
+                                 else [{"address": mw.settings["memcached_servers"][0], "state": "up",
+                                        "error": None}])
     assert moved(mw) == {"misses": 1, "stores": 1, "hits": 1}  # asking is not counted
 
 
