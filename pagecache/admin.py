@@ -13,7 +13,9 @@ from typing import Any, Callable, Dict, Iterable, List, Sequence
 from . import dashboard, metrics
 from .backends import server_states
 from .config import ConfigError
+from .fill import environ_key
 from .keys import request_url
+from .tags import parse_header
 
 log = logging.getLogger("pagecache")
 
@@ -45,14 +47,27 @@ def plain(start_response: StartResponse, status: str, text: str) -> List[bytes]:
 
 
 def http_purge(middleware: Any, environ: Dict, start_response: StartResponse) -> Iterable[bytes]:
-    """``PURGE <url>``: purge the page a GET of that URL would get (``X-Purge-Soft: 1``: soft)."""
+    """``PURGE <url>``: purge the page a GET of that URL would get; with the
+    tag header (``Surrogate-Key: a b``), the pages tagged so instead; with
+    ``X-Purge-All: 1``, every page. ``X-Purge-Soft: 1``: soft."""
     url = url_of(environ)
     if not allowed(environ, middleware.purge_allowed):
         log.warning("PURGE %s refused for %s", url, environ.get("REMOTE_ADDR"))
         return plain(start_response, "403 Forbidden", f"PURGE not allowed from {environ.get('REMOTE_ADDR')}\n")
     soft = environ.get("HTTP_X_PURGE_SOFT", "").strip().lower() in _YES
-    found = middleware.purger.purge_digest(middleware.keys.digest(environ), soft)
     kind = "soft-purged" if soft else "purged"
+    if environ.get("HTTP_X_PURGE_ALL", "").strip().lower() in _YES:
+        if not middleware.purge_all(soft):
+            return plain(start_response, "503 Service Unavailable", "not purged: the cache did not take it\n")
+        log.info("PURGE everything from %s: %s", environ.get("REMOTE_ADDR"), kind)
+        return plain(start_response, "200 OK", f"{kind} everything\n")
+    tags = parse_header(environ.get(environ_key(middleware.tag_header))) if middleware.tag_header else ()
+    if tags:
+        failed = middleware.purge_tags(tags, soft)
+        if failed:
+            return plain(start_response, "503 Service Unavailable", f"not purged: {' '.join(failed)}\n")
+        return plain(start_response, "200 OK", f"{kind} tags {' '.join(tags)}\n")
+    found = middleware.purger.purge_digest(middleware.keys.digest(environ), soft)
     log.info("PURGE %s from %s: %s", url, environ.get("REMOTE_ADDR"), kind if found else "nothing cached")
     if found:
         return plain(start_response, "200 OK", f"{kind} {url}\n")

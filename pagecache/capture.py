@@ -10,7 +10,7 @@ stored. Whatever happens, the application's iterable is closed exactly once.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Optional
 
 from .entry import Headers
 
@@ -26,6 +26,7 @@ class Captured:
         self.exc_info: Any = None
         self.chunks: List[bytes] = []
         self.size = 0
+        self.limit = 0           # bytes of body buffered at most (limit_for may change it at start_response)
         self.complete = False
         self.sent = False        # headers already given to the client's start_response
         self.rest: Optional[Iterator[Any]] = None
@@ -45,11 +46,13 @@ class Captured:
         if close is not None:
             close()
 
-    def respond(self, start_response: StartResponse, extra_headers: Headers = ()) -> Iterable[bytes]:
-        """Hand the response to the client unchanged (plus ``extra_headers``)."""
+    def respond(self, start_response: StartResponse, extra_headers: Headers = (),
+                hidden: Collection[str] = ()) -> Iterable[bytes]:
+        """Hand the response to the client unchanged, but for the headers
+        named in ``hidden`` (lower-case), plus ``extra_headers``."""
         if not self.sent:
-            self._client_write = start_response(self.status, list(self.headers) + list(extra_headers),
-                                                self.exc_info)
+            headers = [(name, value) for name, value in self.headers if name.lower() not in hidden]
+            self._client_write = start_response(self.status, headers + list(extra_headers), self.exc_info)
             self._client_start = start_response
             self.sent = True
         return _Relay(self)
@@ -73,8 +76,10 @@ class _Relay:
 
 
 def capture(app: Callable, environ: Dict, limit: int,
-            client_start_response: Optional[StartResponse] = None) -> Captured:
-    """Call ``app`` and buffer its response up to ``limit`` bytes of body.
+            client_start_response: Optional[StartResponse] = None,
+            limit_for: Optional[Callable[[Headers], int]] = None) -> Captured:
+    """Call ``app`` and buffer its response up to ``limit`` bytes of body
+    (or, when given, ``limit_for(headers)`` once the application has answered).
 
     ``client_start_response`` is used when an application that writes its body
     through ``write()`` goes past the limit: the response then goes to the
@@ -82,6 +87,7 @@ def capture(app: Callable, environ: Dict, limit: int,
     iterable is closed.
     """
     captured = Captured()
+    captured.limit = limit
 
     def write(data: bytes) -> None:
         if type(data) is not bytes:
@@ -90,10 +96,10 @@ def capture(app: Callable, environ: Dict, limit: int,
             captured._client_write(data)
             return
         captured.size += len(data)
-        if captured.size - len(data) > limit:
+        if captured.size - len(data) > captured.limit:
             return  # past the limit with no client to hand it to: not kept
         captured.chunks.append(data)
-        if captured.size > limit and client_start_response is not None:
+        if captured.size > captured.limit and client_start_response is not None:
             captured._client_write = client_start_response(
                 captured.status, list(captured.headers), captured.exc_info)
             captured._client_start = client_start_response
@@ -112,6 +118,8 @@ def capture(app: Callable, environ: Dict, limit: int,
         elif captured.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         captured.status, captured.headers = status, list(headers)
+        if limit_for is not None:
+            captured.limit = limit_for(captured.headers)
         return write
 
     iterable = app(environ, start_response)
@@ -119,23 +127,23 @@ def capture(app: Callable, environ: Dict, limit: int,
     try:
         iterator = iter(iterable)
         for chunk in iterator:
-            if not _take(captured, chunk, limit):
+            if not _take(captured, chunk):
                 captured.chunks.append(chunk)
                 captured.rest = iterator
                 return captured
-            if captured.size > limit:
+            if captured.size > captured.limit:
                 captured.rest = iterator
                 return captured
         if captured.status is None:
             raise AssertionError("the application returned without calling start_response")
-        captured.complete = captured.size <= limit and not captured.sent
+        captured.complete = captured.size <= captured.limit and not captured.sent
     except BaseException:
         captured.close()
         raise
     return captured
 
 
-def _take(captured: Captured, chunk: Any, limit: int) -> bool:
+def _take(captured: Captured, chunk: Any) -> bool:
     """Buffer one chunk; False if it is not bytes (the response can't be stored)."""
     if type(chunk) is not bytes:
         return False

@@ -1,6 +1,8 @@
 """The ``pagecache`` command: purge pages and check memcached, from the INI file.
 
     pagecache purge [--soft] -c production.ini [-n NAME] URL...
+    pagecache purge [--soft] -c production.ini --tag TAG [--tag TAG...]
+    pagecache purge [--soft] -c production.ini --all
     pagecache check -c production.ini [-n NAME]
 
 Both read the ``[filter:NAME]`` section exactly as PasteDeploy hands it to the
@@ -35,6 +37,7 @@ from .purge import Purger
 from .rules import Rules
 from .stats import Stats
 from .store import Store
+from .tags import ALL, TagTimes, parse_header
 
 UNREACHABLE, BAD_CONFIG = 1, 2
 EMBEDDED = ("it has no memcached_servers: pages live in the embedded memory cache of each "
@@ -155,10 +158,18 @@ def open_store(section: Filter) -> _RecordingStore:
 
 
 def purge(args: argparse.Namespace) -> int:
-    """``pagecache purge``: one line per URL; 1 if memcached could not be reached."""
+    """``pagecache purge``: one line per URL or tag; 1 if memcached could not be reached."""
+    if not (args.urls or args.tags or args.all):
+        raise Failure("purge what? give URLs, --tag TAG or --all")
     section = load_filter(args.config, args.name)
     settings = section.settings
     keys = Keys.from_settings(settings)
+    tags = list(args.tags or ())
+    for tag in tags:
+        if parse_header(tag) != (tag,):
+            raise Failure(f"--tag {tag!r}: a tag is printable ASCII without spaces, and not '*' (that is --all)")
+    if args.all:
+        tags.append(ALL)
     for url in args.urls:
         try:
             keys.digest_of_url(url)
@@ -167,6 +178,17 @@ def purge(args: argparse.Namespace) -> int:
     store = open_store(section)
     purger = Purger(store, keys, None, time.time, store.stats)
     status = 0
+    if tags:
+        times = TagTimes(store.client, settings["key_prefix"], 0.0, time.time, store.failed)
+        failed = set(times.purge(tags, args.soft, time.time()))
+        for tag in tags:
+            what = "everything" if tag == ALL else f"tag {tag}"
+            if tag in failed:
+                reason = store.errors[-1] if store.errors else "memcached did not take it"
+                print(f"pagecache: {what}: not purged, memcached could not be reached: {reason}", file=sys.stderr)
+                status = UNREACHABLE
+            else:
+                print(("soft-purged " if args.soft else "purged ") + what)
     for url in args.urls:
         seen = len(store.errors)
         found = purger.purge(url, soft=args.soft)
@@ -210,6 +232,11 @@ def check(args: argparse.Namespace) -> int:
     settings = section.settings
     print(f"{section.path} [filter:{section.name}]: valid, {len(section.rules)} cached_urls rule(s), "
           f"key_prefix {settings['key_prefix']}")
+    if settings["tag_header"]:
+        print(f"tags: read from the {settings['tag_header']} response header (purge with --tag); a purge "
+              f"reaches every process within tag_check_interval ({settings['tag_check_interval']:g}s)")
+    else:
+        print("tags: off (tag_header is empty); purge --all still works")
     for key in hidden_options(section):
         print(f"warning: {key} is set in [DEFAULT], so PasteDeploy passes neither that value nor "
               f"[filter:{section.name}]'s own {key} to the filter: add `get {key} = {key}` to the "
@@ -282,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     purging = commands.choices["purge"]
     purging.add_argument("--soft", action="store_true",
                          help="only end the TTL: the stale copy is served while one request rebuilds it")
-    purging.add_argument("urls", nargs="+", metavar="URL", help="full URL, as http://example.com/news?page=2")
+    purging.add_argument("--tag", dest="tags", action="append", metavar="TAG",
+                         help="purge every page the application tagged TAG (repeat for more)")
+    purging.add_argument("--all", action="store_true", help="purge every page of this filter (its key_prefix)")
+    purging.add_argument("urls", nargs="*", metavar="URL", help="full URL, as http://example.com/news?page=2")
     return parser
 
 

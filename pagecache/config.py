@@ -15,6 +15,9 @@ import re
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
 
 
+from .encoding import DEFAULT_TYPES
+
+
 class ConfigError(ValueError):
     """A configuration value that pagecache cannot use; the message names it.
 
@@ -239,6 +242,13 @@ OPTIONS: Dict[str, Option] = {
                              "response statuses that may be stored"),
     "negative_ttl": Option(duration, 10.0, "longest life of a stored 404 or 410 (when cache_statuses lists them)"),
     "max_entry_size": Option(size, 1000 << 10, "largest body stored; larger ones stream through"),
+    "compression": Option(one_of("gzip", "br", "off"), "gzip",
+                          "how compressible pages are stored: gzip, br (needs brotli) or off"),
+    "compress_min_size": Option(size, 1 << 10, "smallest body worth storing compressed"),
+    "compress_types": Option(words, DEFAULT_TYPES, "content types stored compressed (text/*, application/*+json ...)"),
+    "compress_max_size": Option(size, 8 << 20,
+                                "largest compressible body buffered to be stored compressed (what is stored must "
+                                "still fit max_entry_size)"),
     "ignore_query": Option(words, (), "query parameters left out of the key (utm_source ...)"),
     "sort_query": Option(boolean, False, "key ?a=1&b=2 and ?b=2&a=1 as one page"),
     "wait_timeout": Option(duration, 5.0, "how long a request waits for a page another request computes"),
@@ -250,6 +260,11 @@ OPTIONS: Dict[str, Option] = {
     "local_ttl": Option(duration, 0.0, "seconds a page may be served from process memory; 0: off"),
     "local_size": Option(positive_int, 1000, "most pages held in process memory"),
     "local_memory_limit": Option(size, 16 << 20, "most bytes of pages held in process memory"),
+    "tag_header": Option(header_name, "Surrogate-Key",
+                         "response header naming a page's tags (space-separated), removed before clients see it"),
+    "tag_check_interval": Option(duration, 1.0,
+                                 "how long a process trusts what it read of tag purges: the bound on a purge's reach"),
+    "expose_tags": Option(boolean, False, "keep the tag header in responses (to debug what a page is tagged with)"),
     "purge_allowed": Option(networks, (), "networks allowed PURGE and stats; none: PURGE goes to the app"),
     "stats_path": Option(url_path, "", "path serving the dashboard (browsers) and the counters as JSON; empty: off"),
     "metrics_path": Option(url_path, "", "path serving the counters in Prometheus' text format; empty: off"),

@@ -78,9 +78,11 @@ class FillEnviron:
         self.capability = f'{surrogate}="Surrogate/1.0 ESI/1.0"'
 
     def __call__(self, environ: Dict, host: str, query: str, background: bool = False,
-                 conditional: Optional[Dict[str, str]] = None) -> Dict:
+                 conditional: Optional[Dict[str, str]] = None, accept_encoding: Optional[str] = None) -> Dict:
         """The fill environ for ``environ``, whose page the key describes with
-        ``host`` and ``query``; ``conditional`` adds revalidation headers."""
+        ``host`` and ``query``; ``conditional`` adds revalidation headers, and
+        ``accept_encoding`` says which encoding to ask for (the one pagecache
+        stores, or the one the variant is for)."""
         removed = self.removed
         fill = {name: value for name, value in environ.items()
                 if name not in removed and not name.startswith(FAMILIES)}
@@ -96,4 +98,6 @@ class FillEnviron:
             fill["pagecache.background"] = True
         if conditional:
             fill.update(conditional)
+        if accept_encoding is not None:
+            fill["HTTP_ACCEPT_ENCODING"] = accept_encoding
         return fill

@@ -263,20 +263,21 @@ def _lifetime(control: Dict, surrogate: Dict, values: Dict[str, List[str]],
 
 
 def _initial_age(values: Dict[str, List[str]], requested: float, received: float) -> Optional[float]:
-    """The response's age on arrival (RFC 9111 4.2.3), or None when its Age
-    header is not one non-negative number (then it counts as stale)."""
+    """The response's age on arrival (RFC 9111 4.2.3: at least the time it
+    took, so that it counts as generated when it was asked for), or None when
+    its Age header is not one non-negative number (then it counts as stale)."""
     apparent = 0.0
     if "date" in values:
         date = http_date(values["date"][0])
         if date is not None:
             apparent = max(0.0, received - date)
+    delay = max(0.0, received - requested)  # the response may have been generated as soon as it was asked for
     ages = values.get("age")
     if ages is None:
-        return apparent
+        return max(apparent, delay)
     if len(ages) != 1 or not _DIGITS.match(ages[0].strip()):
         return None
-    corrected = float(int(ages[0].strip())) + max(0.0, received - requested)
-    return max(apparent, corrected)
+    return max(apparent, float(int(ages[0].strip())) + delay)
 
 
 def _seconds_or(value: object, default: float) -> float:

@@ -20,6 +20,7 @@ from email.utils import parsedate_tz, mktime_tz
 from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 from .cookies import carries_any, has_cookies
+from .encoding import normalised_accept_encoding
 from .entry import NEVER_STORED, Headers, Page
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -137,24 +138,27 @@ def vary_names(headers: Headers) -> Tuple[str, ...]:
 def variant_of(environ: Dict, names: Tuple[str, ...]) -> str:
     """The values of request headers ``names``, with runs of spaces and tabs
     made one space (nothing else: a no-break space is another value), as one
-    string."""
+    string; ``Accept-Encoding`` as the encoding pagecache would serve."""
     parts = []
     for name in names:
         if name == "content-type":
             value = environ.get("CONTENT_TYPE")
         else:
             value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        if name == "accept-encoding":  # one variant per encoding pagecache can serve, not per browser
+            value = normalised_accept_encoding(value)
         parts.append(_SPACES.sub(" ", value).strip(" ") if value is not None else "\x00")
     return "\x01".join(parts)
 
 
-def not_modified(environ: Dict, page: Page) -> bool:
-    """Whether a conditional GET/HEAD may be answered 304 from ``page``."""
-    if not page.status.startswith("200"):
+def not_modified(environ: Dict, status: str, headers: Headers) -> bool:
+    """Whether a conditional GET/HEAD may be answered 304 from a stored page
+    with this status and these headers (the representation the client gets)."""
+    if not status.startswith("200"):
         return False
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
-        etag = page.header("ETag")
+        etag = _header(headers, "etag")
         if etag is None:
             return False
         if if_none_match.strip() == "*":
@@ -163,7 +167,7 @@ def not_modified(environ: Dict, page: Page) -> bool:
         return any(_weak(tag) == wanted for tag in if_none_match.split(","))
     if_modified_since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if if_modified_since is not None:
-        last_modified = page.header("Last-Modified")
+        last_modified = _header(headers, "last-modified")
         since, modified = http_date(if_modified_since), http_date(last_modified)
         return since is not None and modified is not None and modified <= since
     return False
@@ -172,6 +176,10 @@ def not_modified(environ: Dict, page: Page) -> bool:
 def not_modified_headers(headers: Headers) -> Headers:
     """The headers of a stored page that a 304 for it carries."""
     return [(name, value) for name, value in headers if name.lower() in NOT_MODIFIED_HEADERS]
+
+
+def _header(headers: Headers, name: str) -> Optional[str]:
+    return next((value for key, value in headers if key.lower() == name), None)
 
 
 def _weak(tag: str) -> str:

@@ -24,7 +24,8 @@ ENTRY_OVERHEAD = 400  # bytes of Python objects per entry, counted against the l
 def size_of(entry: Entry) -> int:
     """About how many bytes ``entry`` holds in memory."""
     if type(entry) is Page:
-        return ENTRY_OVERHEAD + len(entry.body) + sum(len(k) + len(v) + 60 for k, v in entry.headers)
+        decoded = entry.identity_length if entry.encoding else 0  # the decoded copy it may come to hold
+        return ENTRY_OVERHEAD + len(entry.body) + decoded + sum(len(k) + len(v) + 60 for k, v in entry.headers)
     return ENTRY_OVERHEAD
 
 

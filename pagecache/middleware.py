@@ -16,9 +16,10 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from . import admin, freshness, http, invalidation, metrics, revalidation, urls
+from . import admin, encoding, freshness, http, invalidation, metrics, revalidation, urls
 from .backends import cache_from_options
 from .capture import Captured, capture
+from .compression import Compression
 from .config import ConfigError, convert_options
 from .entry import ERROR_ONLY, FRESH, GENERATED_ETAG, GRACE, Page, Pass, VaryMarker
 from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
@@ -33,6 +34,7 @@ from .routes import Routes
 from .rules import Rule, RuleSpec, parse_rules
 from .stats import Stats
 from .store import LOST, UNAVAILABLE, Store
+from .tags import ALL, TagTimes, parse_header
 
 log = logging.getLogger("pagecache")
 
@@ -93,8 +95,13 @@ class PageCacheMiddleware:
             raise ConfigError("give either a cache object or memcached_servers, not both")
         self.cache = cache
         header = settings["status_header"]
-        self.store = Store(cache, self.stats, never_sent=(header,) if header else ())
+        self.tag_header = settings["tag_header"]
+        hidden = [name for name in (header, self.tag_header) if name and not (
+            name == self.tag_header and settings["expose_tags"])]
+        self.store = Store(cache, self.stats, never_sent=hidden)
         self.keys = Keys.from_settings(settings)
+        self.tags = TagTimes(cache, settings["key_prefix"], settings["tag_check_interval"], self.clock,
+                             on_error=self.store.failed)
         self.routes = Routes(self.rules, self.keys, settings["charset"])
         self.local = LocalTier(settings["local_ttl"], settings["local_size"], settings["local_memory_limit"]) \
             if settings["local_ttl"] else None
@@ -110,6 +117,11 @@ class PageCacheMiddleware:
                                        honour=settings["response_freshness"] == "honour", target=name)
         self._defaults = {rule: self._rule_defaults(rule) for rule in self.rules}
         self.max_entry_size = settings["max_entry_size"]
+        if settings["compression"] == "br" and not encoding.BROTLI:
+            raise ConfigError("option compression: br needs the brotli package, 1.2 or newer "
+                              "(pip install 'pagecache[brotli]')", "compression", "br")
+        self.compression = Compression(settings["compression"], settings["compress_min_size"],
+                                       settings["compress_types"], settings["compress_max_size"])
         self.wait_timeout = settings["wait_timeout"]
         self.lock_timeout = settings["lock_timeout"]
         self.uncacheable_ttl = settings["uncacheable_ttl"]
@@ -118,7 +130,8 @@ class PageCacheMiddleware:
         self.labels = Labels(header, settings["cache_status"], settings["server_timing"])
         self._hit = self.labels.hit       # one bound method, so Page.timed knows it again
         self._stale = self.labels.stale
-        self._dropped_headers = (header,) if header else ()
+        self._dropped_headers = tuple(hidden)
+        self._hidden = frozenset(name.lower() for name in hidden) | {"surrogate-control"}
         self.metrics_path = settings["metrics_path"]
         self._next_hit_record = 0.0
         self.shared = self._share_stats(settings["stats_dir"])
@@ -158,19 +171,26 @@ class PageCacheMiddleware:
                 and not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
             now = self.clock()
             entry = self._load(route.key)
-            if type(entry) is Page and now - entry.stored < entry.ttl:  # the hit path
+            if type(entry) is Page and now - entry.stored < entry.ttl and self._unpurged(entry, now):  # the hit path
                 if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ \
                         or log.isEnabledFor(logging.DEBUG):
                     return self.deliver(self._exchange(environ, start_response, route), entry, HIT, now)
+                headers, body = entry.headers, entry.body
+                if entry.encoding:
+                    representation = Compression.representation(entry, environ.get("HTTP_ACCEPT_ENCODING"))
+                    if representation is None:
+                        return self.deliver(self._exchange(environ, start_response, route), entry, HIT, now)
+                    headers, body = representation
                 self.stats.incr("hits", 1, route.index)
                 if now >= self._next_hit_record:
                     self._record_hit(environ, now)
-                start_response(entry.status, entry.headers + entry.timed(now, self._hit))
-                return [entry.body]
+                start_response(entry.status, headers + entry.timed(now, self._hit))
+                return [body]
             return self.lookup(self._exchange(environ, start_response, route), entry, now)
         if invalidation.is_unsafe(method):
             start_response = invalidation.watching(start_response, environ, self.invalidate)
         if route.rule is None:
+            environ["pagecache"] = self
             return self.app(environ, start_response)
         exchange = self._exchange(environ, start_response, route)
         reason = route.bypass or self.classify(exchange)
@@ -179,6 +199,7 @@ class PageCacheMiddleware:
         return self.lookup(exchange, self._load(route.key), self.clock())
 
     def _exchange(self, environ: Dict, start_response: StartResponse, route: Any) -> Exchange:
+        environ["pagecache"] = self  # the application can purge what it changes (pagecache.pyramid)
         started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0  # 0: not logged
         return Exchange(environ, start_response, route, started)
 
@@ -192,6 +213,8 @@ class PageCacheMiddleware:
         stale while one request rebuilds it, or compute (or revalidate) the page."""
         if type(entry) is VaryMarker:
             entry = self._variant_entry(exchange, entry)
+        if type(entry) is Page:
+            entry = self._judged(entry, now)
         if type(entry) is Page:
             exchange.cached = entry
             state = entry.state(now)
@@ -208,6 +231,25 @@ class PageCacheMiddleware:
         if exchange.method == "HEAD":
             return self.to_app(exchange, MISS, "misses", "HEAD is not stored")
         return self.fill(exchange)
+
+    def _unpurged(self, page: Page, now: float) -> bool:
+        """Whether no purge of the page's tags (or of everything) came after it."""
+        everything = self.tags.everything
+        if not page.tags and everything[2] > now:
+            return page.stored >= everything[0] and page.stored >= everything[1]
+        return self.tags.purged_since(page.tags, page.stored, now) == (0.0, 0.0)
+
+    def _judged(self, page: Page, now: float) -> Optional[Page]:
+        """``page`` as its tags' purges leave it: None after a hard purge, a
+        copy whose TTL ended at the last soft purge, or the page itself."""
+        hard, soft = self.tags.purged_since(page.tags, page.stored, now)
+        if hard:
+            self.stats.incr("tag_invalidated")
+            return None
+        if soft:
+            self.stats.incr("tag_invalidated")
+            return page.expired_at(soft)
+        return page
 
     def _variant_entry(self, exchange: Exchange, marker: VaryMarker) -> Any:
         """The entry of the variant ``marker`` points this request to (a soft
@@ -306,7 +348,7 @@ class PageCacheMiddleware:
         rebuilt = self.fetch(exchange, None, exchange.start_response, count=False)
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, f"{why}; not stored: {rebuilt.reason}")
-            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS))
+            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden)
         return self._deliver_fetched(exchange, rebuilt)
 
     def _restart(self, exchange: Exchange) -> Iterable[bytes]:
@@ -329,7 +371,7 @@ class PageCacheMiddleware:
         captured, failure = self._call_app(exchange, exchange.environ, exchange.start_response, "computing")
         if captured is not None:
             self._decided(exchange, MISS, why)
-            return captured.respond(exchange.start_response, self.labels.forwarded(MISS))
+            return captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden)
         return self.deliver(exchange, exchange.fallback, STALE, self.clock(),
                             f"{why}; the application failed: {failure}")
 
@@ -342,7 +384,9 @@ class PageCacheMiddleware:
         token = self.store.lock(lock_key, self.lock_timeout)
         if isinstance(token, bytes):
             entry = self.store.load(self.keys.page(exchange.digest))
-            if type(entry) is Page and entry.stored > newer_than and entry.state(self.clock()) is FRESH:
+            now = self.clock()
+            if type(entry) is Page and entry.stored > newer_than and entry.state(now) is FRESH \
+                    and self._unpurged(entry, now):
                 self.store.unlock(lock_key, token)
                 return entry
         return token
@@ -365,7 +409,8 @@ class PageCacheMiddleware:
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_MAX)
             entry = self.store.load(key)
-            if type(entry) is Page and entry.state(self.clock()) in (FRESH, GRACE):
+            now = self.clock()
+            if type(entry) is Page and entry.state(now) in (FRESH, GRACE) and self._unpurged(entry, now):
                 return entry
             if type(entry) is Pass:
                 return Signal.PASS
@@ -390,7 +435,7 @@ class PageCacheMiddleware:
                     Served(STALE, fallback, self._variant(exchange.environ, fallback)))
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, "not stored: " + rebuilt.reason)
-            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS)), Signal.PASS
+            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden), Signal.PASS
         outcome = Served(HIT, rebuilt.page, self._variant(exchange.environ, rebuilt.page)) \
             if rebuilt.shared else Signal.PASS
         return self._deliver_fetched(exchange, rebuilt), outcome
@@ -423,7 +468,10 @@ class PageCacheMiddleware:
         try:
             route = exchange.route
             environ = self.fill_environ(exchange.environ, route.host, route.query, start_response is None,
-                                        revalidation.conditional(exchange.cached))
+                                        revalidation.conditional(exchange.cached),
+                                        self.compression.fill_accept_encoding
+                                        or encoding.normalised_accept_encoding(
+                                            exchange.environ.get("HTTP_ACCEPT_ENCODING")))
             exchange.requested = self.clock()
             captured, failure = self._call_app(exchange, environ, start_response, "rebuilding")
             if captured is None:
@@ -444,7 +492,7 @@ class PageCacheMiddleware:
             start_response = self._labelled(start_response, MISS)
         called = time.perf_counter()
         try:
-            captured = capture(self.app, environ, self.max_entry_size, start_response)
+            captured = capture(self.app, environ, self.max_entry_size, start_response, self._buffer_limit)
         except Exception as error:
             self.stats.observe("app_seconds", time.perf_counter() - called, exchange.route.index)
             self._count(exchange, "app_errors")
@@ -460,6 +508,9 @@ class PageCacheMiddleware:
                       captured.status)
             return None, f"status {captured.status}"
         return captured, ""
+
+    def _buffer_limit(self, headers: http.Headers) -> int:
+        return self.compression.buffer_limit(self.max_entry_size, headers)
 
     def store_response(self, exchange: Exchange, captured: Captured) -> Union[Stored, NotStored]:
         """Store the application's response if it may be stored, for as long
@@ -480,20 +531,27 @@ class PageCacheMiddleware:
                                           exchange.requested, received)
             reason = decision.reason
         if reason is not None:
-            self._count(exchange, "uncacheable")
-            remember = self.uncacheable_ttl
-            if code >= 500:
-                # long enough to release the requests waiting now, short
-                # enough not to keep a recovered page uncached
-                self._count(exchange, "app_errors")
-                remember = min(remember, ERROR_PASS_TTL)
-            if exchange.fallback is None:
-                self.store.save(self.keys.page(exchange.digest), Pass(received, reason), remember)
-            return NotStored(captured, reason)
+            return self._not_stored(exchange, captured, reason, received)
         body = captured.body
         captured.close()
         page = self._page(captured.status, captured.headers, body, decision)
+        if type(page) is str:
+            return self._not_stored(exchange, captured, page, received)
+        self.tags.ensure(page.tags, page.stored, received)
         return Stored(page, http.set_cookies(captured.headers), self._save_page(exchange, page, received))
+
+    def _not_stored(self, exchange: Exchange, captured: Captured, reason: str, received: float) -> NotStored:
+        """Remember the URL as uncacheable for a while, unless a stale copy is kept in reserve."""
+        self._count(exchange, "uncacheable")
+        remember = self.uncacheable_ttl
+        if http.status_code(captured.status) >= 500:
+            # long enough to release the requests waiting now, short
+            # enough not to keep a recovered page uncached
+            self._count(exchange, "app_errors")
+            remember = min(remember, ERROR_PASS_TTL)
+        if exchange.fallback is None:
+            self.store.save(self.keys.page(exchange.digest), Pass(received, reason), remember)
+        return NotStored(captured, reason)
 
     def _revalidated(self, exchange: Exchange, captured: Captured, cached: Page,
                      received: float) -> Stored:
@@ -514,11 +572,28 @@ class PageCacheMiddleware:
                               flags=decision.flags + (GENERATED_ETAG if cached.has(GENERATED_ETAG) else ""))
         return Stored(page, cookies, self._save_page(exchange, page, received), revalidated=True)
 
-    def _page(self, status: str, headers: http.Headers, body: bytes, decision: freshness.Decision) -> Page:
+    def _page(self, status: str, headers: http.Headers, body: bytes,
+              decision: freshness.Decision) -> Union[Page, str]:
+        """The page to store for a response, or why it can't be stored."""
         kept, generated = http.headers_to_store(headers, body, self._dropped_headers + tuple(decision.dropped))
-        flags = decision.flags + (GENERATED_ETAG if generated else "")
-        return Page(status, kept, body, decision.stored, decision.ttl, decision.grace, decision.stale,
-                    keep=decision.keep, flags=flags)
+        prepared = self.compression.prepare(status, headers, kept, body,
+                                            decision.flags + (GENERATED_ETAG if generated else ""))
+        if type(prepared) is str:
+            return prepared
+        kept, stored, coding, identity_length, flags = prepared
+        if len(stored) > self.max_entry_size:
+            return "larger than max_entry_size" + (", even compressed" if coding else "")
+        if coding and len(stored) < identity_length:
+            self.stats.incr("compressed_bytes_saved", identity_length - len(stored))
+        return Page(status, kept, stored, decision.stored, decision.ttl, decision.grace, decision.stale,
+                    keep=decision.keep, flags=flags, encoding=coding, identity_length=identity_length,
+                    tags=self._tags_of(headers))
+
+    def _tags_of(self, headers: http.Headers) -> Tuple[str, ...]:
+        if not self.tag_header:
+            return ()
+        name = self.tag_header.lower()
+        return parse_header(" ".join(value for key, value in headers if key.lower() == name))
 
     def _unstorable(self, captured: Captured) -> Optional[str]:
         if captured.exc_info is not None:
@@ -539,7 +614,7 @@ class PageCacheMiddleware:
         first when it varies), and keep it in the local tier; whether the
         cache took it."""
         lifetime = max(1.0, page.stored + page.lifetime() - now) + 1
-        names = http.vary_names(page.headers)
+        names = self._vary_names(page.headers)
         digest = exchange.primary
         if names:
             marker = exchange.marker
@@ -580,18 +655,25 @@ class PageCacheMiddleware:
         match it; labelled (``info``: the labels of a page just fetched),
         counted (a MISS was counted when it was computed) and logged."""
         environ = exchange.environ
+        headers, body = page.headers, page.body
+        if page.encoding:
+            representation = Compression.representation(page, environ.get("HTTP_ACCEPT_ENCODING"))
+            if representation is None:
+                log.warning("%s: the stored bytes do not decode; asking the application", admin.url_of(environ))
+                return self.to_app(exchange, MISS, "misses", "stored bytes do not decode")
+            headers, body = representation
         if info is None:
             self._count(exchange, "hits" if label is HIT else "stale")
             info = page.timed(now, self._hit if label is HIT else self._stale)
         self._decided(exchange, label, why)
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
-                and http.not_modified(environ, page):
-            exchange.start_response("304 Not Modified", http.not_modified_headers(page.headers) + info)
+                and http.not_modified(environ, page.status, headers):
+            exchange.start_response("304 Not Modified", http.not_modified_headers(headers) + info)
             return []
-        exchange.start_response(page.status, page.headers + info)
+        exchange.start_response(page.status, headers + info)
         if environ["REQUEST_METHOD"] == "HEAD":
             return []
-        return [page.body]
+        return [body]
 
     def to_app(self, exchange: Exchange, label: Label, counter: str, why: str) -> Iterable[bytes]:
         """Let the application answer, its response labelled; counted and logged."""
@@ -600,17 +682,28 @@ class PageCacheMiddleware:
         return self.app(exchange.environ, self._labelled(exchange.start_response, label))
 
     def _labelled(self, start_response: StartResponse, label: Label) -> StartResponse:
+        """A start_response adding the labels, and removing what is meant for
+        pagecache alone (tags, Surrogate-Control) from the application's answer."""
         extra = self.labels.forwarded(label, "bypass" if label is BYPASS else "uri-miss")
-        if not extra:
-            return start_response
+        hidden = self._hidden
 
         def labelled(status: str, headers: http.Headers, exc_info: Any = None) -> Any:
-            return start_response(status, list(headers) + extra, exc_info)
+            kept = [(name, value) for name, value in headers if name.lower() not in hidden]
+            return start_response(status, kept + extra, exc_info)
         return labelled
 
     def _variant(self, environ: Dict, page: Page) -> Optional[str]:
-        names = http.vary_names(page.headers)
+        names = self._vary_names(page.headers)
         return http.variant_of(environ, names) if names else None
+
+    def _vary_names(self, headers: http.Headers) -> Tuple[str, ...]:
+        """The request headers a page's variants are told apart by: those its
+        Vary names, but Accept-Encoding when pagecache serves every encoding
+        from one entry."""
+        names = http.vary_names(headers)
+        if self.compression.on and "accept-encoding" in names:
+            names = tuple(name for name in names if name != "accept-encoding")
+        return names
 
     def _count(self, exchange: Exchange, counter: str) -> None:
         self.stats.incr(counter, 1, exchange.route.index)
@@ -654,3 +747,21 @@ class PageCacheMiddleware:
         its TTL so that it is rebuilt while its grace period lasts. Whether
         anything was stored there."""
         return self.purger.purge(url, soft)
+
+    def purge_tags(self, tags: Iterable[str], soft: bool = False) -> List[str]:
+        """Make every page carrying one of ``tags`` a miss (``soft``: end its
+        TTL, so that one request rebuilds it while the others get it stale), in
+        every process within ``tag_check_interval``; the tags whose purge the
+        cache could not take (empty: all done)."""
+        tags = [tag for tag in tags if tag]
+        failed = self.tags.purge(tags, soft, self.clock())
+        self.stats.incr("tag_purges", len(tags) - len(failed))
+        log.info("%s tags %s%s", "soft-purged" if soft else "purged", " ".join(tags),
+                 f" (not reached: {' '.join(failed)})" if failed else "")
+        return failed
+
+    def purge_all(self, soft: bool = False) -> bool:
+        """Make every page this middleware stored a miss (``soft``: stale until
+        rebuilt), without flushing memcached or touching other applications'
+        keys; whether the cache took it."""
+        return not self.purge_tags([ALL], soft)

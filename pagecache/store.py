@@ -107,7 +107,8 @@ class Store:
             entry.headers = [(name, text) for name, text in entry.headers if name.lower() not in self.never_sent]
         if entry is None or type(value) is not bytes:
             return entry
-        size = len(value) + len(getattr(entry, "body", b""))
+        size = len(value) + len(getattr(entry, "body", b"")) + (
+            entry.identity_length if type(entry) is entries.Page and entry.encoding else 0)  # its decoded copy
         if size > PARSED_BYTES // 8:
             return entry
         with self._parsed_lock:

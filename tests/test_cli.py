@@ -183,10 +183,12 @@ def test_check_reports_each_reachable_server(tmp_path, memcached_pair, library):
     version = next(line.split()[2] for line in stats if line.startswith("STAT version "))
     lines = result.stdout.splitlines()
     assert lines[0] == f"{path} [filter:cache]: valid, 2 cached_urls rule(s), key_prefix shop"
-    assert lines[1] == ("cookies: any cookie sends a request past the cache "
-                        "(set bypass_cookies to name the ones that matter)")
-    assert len(lines) == 4
-    for line, server in zip(lines[2:], memcached_pair):
+    assert lines[1:3] == [
+        "tags: read from the Surrogate-Key response header (purge with --tag); a purge reaches every "
+        "process within tag_check_interval (1s)",
+        "cookies: any cookie sends a request past the cache (set bypass_cookies to name the ones that matter)"]
+    assert len(lines) == 5
+    for line, server in zip(lines[3:], memcached_pair):
         assert line.startswith(f"{server.address}: reachable, memcached {version}, 64 MB of memory, "
                                "items up to 1 MB (answered in "), line
 
@@ -202,10 +204,10 @@ def test_check_says_which_cookies_bypass_and_what_is_never_cached(tmp_path, memc
             / 10 60
         """)
     lines = run("check", "-c", path).stdout.splitlines()
-    assert lines[1] == ("cookies: requests with session, auth_tkt bypass the cache; other cookies are ignored "
+    assert lines[2] == ("cookies: requests with session, auth_tkt bypass the cache; other cookies are ignored "
                         "(the application never sees them when it renders a page for the cache)")
-    assert lines[2].startswith("warning: cookie_responses = strip: a response that sets cookies is stored")
-    assert lines[3] == "never cached: /account, /login"
+    assert lines[3].startswith("warning: cookie_responses = strip: a response that sets cookies is stored")
+    assert lines[4] == "never cached: /account, /login"
 
 
 def test_check_fails_for_an_unreachable_server(tmp_path, memcached):
@@ -214,8 +216,8 @@ def test_check_fails_for_an_unreachable_server(tmp_path, memcached):
     result = run("check", "-c", path)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[2].startswith(f"{memcached.address}: reachable")   # after the cookies line
-    assert lines[3] == f"{dead}: UNREACHABLE: Connection refused"
+    assert lines[3].startswith(f"{memcached.address}: reachable")   # after the tags and cookies lines
+    assert lines[4] == f"{dead}: UNREACHABLE: Connection refused"
     assert result.stderr == "pagecache: 1 of 2 memcached servers could not be reached\n"
 
 

@@ -121,7 +121,10 @@ def test_pymemcache_client_from_the_ini(tmp_path, memcached):
     browser = TestApp(load(path))
     assert browser.get("/").headers["X-Cache"] == "MISS"
     assert browser.get("/").headers["X-Cache"] == "HIT"
-    assert len(memcached.keys()) == 1
+    keys = memcached.keys()
+    assert len([key for key in keys if key.startswith("pagecache:p:")]) == 1
+    # and the two keys of "purge everything" (its hard and soft times): pagecache:t:h:..., pagecache:t:s:...
+    assert sorted(key[:12] for key in keys if not key.startswith("pagecache:p:")) == ["pagecache:t:", "pagecache:t:"]
 
 
 def test_embedded_cache_when_no_servers_are_listed(tmp_path):

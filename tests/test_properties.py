@@ -24,6 +24,7 @@ What is asserted, and why it is sound:
 
 from __future__ import annotations
 
+import gzip
 import re
 import string
 from typing import Any, Dict, List, Optional, Tuple
@@ -347,6 +348,7 @@ def scenarios(draw) -> Dict:
             local_ttl=draw(st.sampled_from([0, 10])),
             stale_if_error=draw(st.sampled_from([0, 600])),
             max_entry_size=draw(st.sampled_from([64, 4096, 1 << 20])),
+            compression=draw(st.sampled_from(["gzip", "off"])),
             sort_query=draw(st.booleans()),
             bypass_cookies=draw(st.sampled_from(["", "session"])),
         ),
@@ -375,8 +377,9 @@ def from_the_cache(served: Served, values: List[bytes], head: bool) -> None:
             own = {"age", "x-cache", "cache-status"}  # what pagecache adds to a page it serves
             if served.body == b"" and all(h in page.headers for h in served.headers if h[0].lower() not in own):
                 return
-        if served.status == page.status and served.headers[:len(page.headers)] == page.headers \
-                and served.body == (b"" if head else page.body):
+        body = gzip.decompress(page.body) if page.encoding == "gzip" else page.body
+        if served.status == page.status and served.body == (b"" if head else body) and (
+                page.encoding or served.headers[:len(page.headers)] == page.headers):
             return
     raise AssertionError(f"served {served.status!r} {served.body!r} from no value in the cache")
 
@@ -431,7 +434,8 @@ def run_scenario(scenario: Dict, cache: Recording, prefix: str) -> None:
         entry = parse(value)
         assert entry is not None, value
         if type(entry) is Page:
-            assert entry.body in allowed_bodies, (entry, alone.status)
+            body = gzip.decompress(entry.body) if entry.encoding == "gzip" else entry.body
+            assert body in allowed_bodies, (entry, alone.status)
             assert not any(name.lower() == "set-cookie" for name, _ in entry.headers)
 
 

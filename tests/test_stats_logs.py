@@ -118,9 +118,9 @@ def test_waits_for_a_page_another_request_computes(make):
 
 def test_store_failures(make, backend):
     if "memcached_servers" in backend:  # memcached refuses items over 1 MB
-        mw = make(CountingApp(body=b"x" * (1200 << 10)), "/ 30 120", max_entry_size="4MB")
+        mw = make(CountingApp(body=b"x" * (1200 << 10)), "/ 30 120", max_entry_size="4MB", compression="off")
     else:  # the embedded cache refuses items over memory_limit
-        mw = make(CountingApp(body=b"x" * (8 << 10)), "/ 30 120", memory_limit="4KB")
+        mw = make(CountingApp(body=b"x" * (8 << 10)), "/ 30 120", memory_limit="4KB", compression="off")
     response = client(mw).get("/big")
     assert response.headers["X-Cache"] == "MISS" and len(response.body) > 8000
     assert moved(mw) == {"misses": 1, "store_failures": 1, "memcached_errors": 1}
