@@ -64,6 +64,15 @@ class MemoryCache:
                 return None
             return item[0]
 
+    def get_multi(self, keys: Sequence[str]) -> dict:
+        """The values of those ``keys`` that are held, as memcached clients answer."""
+        found = {}
+        for key in keys:
+            value = self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
     def set(self, key: str, value: bytes, time: float = 0) -> bool:
         return self._store(key, value, time, only_if_absent=False)
 

@@ -9,10 +9,11 @@ names the option, raised when the configuration is loaded, never later.
 
 from __future__ import annotations
 
-import ipaddress
 import codecs
+import difflib
+import ipaddress
 import re
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 
 from .encoding import DEFAULT_TYPES
@@ -249,6 +250,10 @@ OPTIONS: Dict[str, Option] = {
     "compress_max_size": Option(size, 8 << 20,
                                 "largest compressible body buffered to be stored compressed (what is stored must "
                                 "still fit max_entry_size)"),
+    "esi": Option(boolean, True, "process Edge Side Includes in responses that say they hold them (or whose rule says esi)"),
+    "esi_depth": Option(positive_int, 3, "how deep ESI includes may nest"),
+    "esi_timeout": Option(duration, 5.0, "how long a page waits for its ESI fragments"),
+    "esi_workers": Option(positive_int, 4, "threads per process rendering a page's fragments at once"),
     "ignore_query": Option(words, (), "query parameters left out of the key (utm_source ...)"),
     "sort_query": Option(boolean, False, "key ?a=1&b=2 and ?b=2&a=1 as one page"),
     "wait_timeout": Option(duration, 5.0, "how long a request waits for a page another request computes"),
@@ -256,6 +261,9 @@ OPTIONS: Dict[str, Option] = {
     "background_refresh": Option(boolean, False, "rebuild pages in grace in the background, serving stale"),
     "background_workers": Option(positive_int, 2, "threads per process rebuilding pages in the background"),
     "stale_if_error": Option(duration, 0.0, "how long past its grace a page is kept to cover app errors"),
+    "error_backoff": Option(duration, 5.0,
+                            "after a rebuild fails while a stale copy is served, how long the application is left "
+                            "alone for that page (one attempt per back-off); 0: ask again at once"),
     "uncacheable_ttl": Option(duration, 10.0, "how long a URL whose response may not be stored skips the lock"),
     "local_ttl": Option(duration, 0.0, "seconds a page may be served from process memory; 0: off"),
     "local_size": Option(positive_int, 1000, "most pages held in process memory"),
@@ -272,13 +280,21 @@ OPTIONS: Dict[str, Option] = {
 }
 
 
+def did_you_mean(name: str, names: Optional[Iterable[str]] = None) -> str:
+    """`` (did you mean 'x'?)`` for a misspelled option name, or the list of
+    the known ones when nothing is close."""
+    known = sorted(names if names is not None else set(OPTIONS) | {"cached_urls"})
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+    if close:
+        return " (did you mean " + " or ".join(repr(match) for match in close) + "?)"
+    return f" (known options: {', '.join(known)})"
+
+
 def convert_options(values: Mapping[str, Any]) -> Dict[str, Any]:
     """All options typed, with defaults filled in; ConfigError names any bad one."""
     unknown = sorted(set(values) - set(OPTIONS))
     if unknown:
-        known = ", ".join(sorted(OPTIONS))
-        raise ConfigError(f"unknown option {unknown[0]!r} (known options: cached_urls, {known})",
-                          unknown[0])
+        raise ConfigError(f"unknown option {unknown[0]!r}{did_you_mean(unknown[0])}", unknown[0])
     result = {}
     for name, option in OPTIONS.items():
         if name not in values:

@@ -41,7 +41,7 @@ class Exchange:
     """A request on its way through the flow."""
 
     __slots__ = ("environ", "start_response", "route", "started", "restarts",
-                 "digest", "marker", "fallback", "cached", "requested")
+                 "digest", "marker", "fallback", "cached", "requested", "prefetched", "shared_only")
 
     def __init__(self, environ: Dict, start_response: StartResponse, route: Route,
                  started: float, restarts: int = 0):
@@ -55,6 +55,8 @@ class Exchange:
         self.fallback: Optional[Page] = None  # a stale copy that may stand in for a failure
         self.cached: Optional[Page] = None    # the page found, whatever its state: revalidated by a fill
         self.requested = 0.0                  # when the application was asked (for the response's age)
+        self.prefetched: Optional[Dict] = None  # entries read with the page's (its ESI fragments)
+        self.shared_only = False              # it carries cookies: only a page shared with them may serve it
 
     @property
     def method(self) -> str:
@@ -88,12 +90,13 @@ class Stored:
     it ask the application then); ``cookies`` go to that client only;
     ``revalidated``: a 304 refreshed a stored page."""
 
-    __slots__ = ("page", "cookies", "saved", "shared", "revalidated")
+    __slots__ = ("page", "cookies", "saved", "shared", "revalidated", "why")
 
     def __init__(self, page: Page, cookies: Headers, saved: bool = True, shared: bool = True,
-                 revalidated: bool = False):
+                 revalidated: bool = False, why: str = ""):
         self.page, self.cookies, self.saved, self.shared = page, cookies, saved, shared
         self.revalidated = revalidated
+        self.why = why  # what happened, as the log says it: stored, not stored and why
 
 
 class NotStored:

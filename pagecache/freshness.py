@@ -203,13 +203,11 @@ class Policy:
         explicit = lifetime is not None
         age = _initial_age(values, requested, received)
         if explicit:
-            if code >= 400:
-                lifetime = min(lifetime, self.negative_ttl)
-            ttl = max(0.0, lifetime - age) if age is not None else 0.0
+            ttl = min(lifetime, self.negative_ttl) if code >= 400 else lifetime
+            if age is None:  # an Age that is not one number: stale on arrival
+                ttl, age = 0.0, 0.0
         elif code in self.cache_statuses:
-            ttl, grace = rule.ttl, rule.grace if grace is None else grace
-            if code >= 400:
-                ttl, grace = min(ttl, self.negative_ttl), 0.0
+            ttl = min(rule.ttl, self.negative_ttl) if code >= 400 else rule.ttl
             age = age or 0.0
         else:
             return Decision(f"status {code} without a lifetime of its own")
@@ -225,10 +223,10 @@ class Policy:
         if revalidate:
             flags += MUST_REVALIDATE
         keep = KEEP_FOR_REVALIDATION if VALIDATORS in flags else 0.0
-        if ttl <= 0 and grace <= 0 and stale <= 0 and not keep:
+        born = received - age  # the age counts once: from when the response was generated
+        if born + ttl + grace + stale + keep <= received:
             return Decision("stale on arrival, without a validator to revalidate it" if explicit
                             else "no lifetime: the response gives none and the rule gives none")
-        born = received - (age or 0.0) if age is not None else received
         return Decision(None, born, ttl, grace, stale, keep, flags, _dropped(control), explicit)
 
 

@@ -24,6 +24,7 @@ from .encoding import normalised_accept_encoding
 from .entry import NEVER_STORED, Headers, Page
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+COOKIE = "cookie"  # the bypass reason a page shared with cookies (ESI, public) overrides
 
 # Kept from the stored response in a 304 (RFC 9110, 15.4.5).
 NOT_MODIFIED_HEADERS = frozenset({
@@ -44,11 +45,11 @@ def bypass_reason(environ: Dict, bypass_cookies: FrozenSet[str]) -> Optional[str
         return "authorization"
     if environ.get("REMOTE_USER"):
         return "REMOTE_USER"
-    cookie = environ.get("HTTP_COOKIE")
-    if cookie and (carries_any(cookie, bypass_cookies) if bypass_cookies else has_cookies(cookie)):
-        return "cookie"
     if has_body(environ):
         return "request body"
+    cookie = environ.get("HTTP_COOKIE")
+    if cookie and (carries_any(cookie, bypass_cookies) if bypass_cookies else has_cookies(cookie)):
+        return COOKIE
     return None
 
 

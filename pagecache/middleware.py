@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -21,9 +22,11 @@ from .backends import cache_from_options
 from .capture import Captured, capture
 from .compression import Compression
 from .config import ConfigError, convert_options
-from .entry import ERROR_ONLY, FRESH, GENERATED_ETAG, GRACE, Page, Pass, VaryMarker
+from .entry import ERROR_ONLY, ESI, FRESH, GENERATED_ETAG, GRACE, SHARED, Page, Pass, VaryMarker
 from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
+from .failures import FailureLog
 from .fill import FillEnviron
+from .fragments import Fragments
 from .keys import Keys, request_url
 from .labels import Labels
 from .local import LocalTier
@@ -93,6 +96,11 @@ class PageCacheMiddleware:
             cache = cache_from_options(settings, self.clock, on_error=lambda what: self.store.failed(what))
         elif settings["memcached_servers"]:
             raise ConfigError("give either a cache object or memcached_servers, not both")
+        elif isinstance(cache, (str, bytes, list, tuple, set, dict)) or not all(
+                callable(getattr(cache, name, None)) for name in ("get", "set", "add", "delete")):
+            raise ConfigError(f"cache must be a client object with get, set, add and delete (such as "
+                              f"memcache.Client([...])), not {type(cache).__name__} {cache!r:.60}; to name "
+                              f"servers, pass memcached_servers={cache!r:.60}", "cache")
         self.cache = cache
         header = settings["status_header"]
         self.tag_header = settings["tag_header"]
@@ -122,9 +130,13 @@ class PageCacheMiddleware:
                               "(pip install 'pagecache[brotli]')", "compression", "br")
         self.compression = Compression(settings["compression"], settings["compress_min_size"],
                                        settings["compress_types"], settings["compress_max_size"])
+        self.esi = settings["esi"]
+        self.fragments = Fragments(self, settings["esi_depth"], settings["esi_timeout"], settings["esi_workers"])
         self.wait_timeout = settings["wait_timeout"]
         self.lock_timeout = settings["lock_timeout"]
         self.uncacheable_ttl = settings["uncacheable_ttl"]
+        self.error_backoff = settings["error_backoff"]
+        self.failures = FailureLog()
         self.purge_allowed = settings["purge_allowed"]
         self.stats_path = settings["stats_path"]
         self.labels = Labels(header, settings["cache_status"], settings["server_timing"])
@@ -170,11 +182,18 @@ class PageCacheMiddleware:
                 and "HTTP_AUTHORIZATION" not in environ and "REMOTE_USER" not in environ \
                 and not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
             now = self.clock()
-            entry = self._load(route.key)
+            prefetched = None
+            if route.fragments:  # an ESI page: its cached fragments in the same round trip
+                prefetched = self.store.load_many((route.key,) + route.fragments)
+                entry = prefetched.get(route.key)
+            else:
+                entry = self._load(route.key)
             if type(entry) is Page and now - entry.stored < entry.ttl and self._unpurged(entry, now):  # the hit path
                 if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ \
-                        or log.isEnabledFor(logging.DEBUG):
-                    return self.deliver(self._exchange(environ, start_response, route), entry, HIT, now)
+                        or ESI in entry.flags or log.isEnabledFor(logging.DEBUG):
+                    exchange = self._exchange(environ, start_response, route)
+                    exchange.prefetched = prefetched
+                    return self.deliver(exchange, entry, HIT, now)
                 headers, body = entry.headers, entry.body
                 if entry.encoding:
                     representation = Compression.representation(entry, environ.get("HTTP_ACCEPT_ENCODING"))
@@ -194,9 +213,30 @@ class PageCacheMiddleware:
             return self.app(environ, start_response)
         exchange = self._exchange(environ, start_response, route)
         reason = route.bypass or self.classify(exchange)
+        if reason is http.COOKIE and self.esi:
+            return self._with_cookies(exchange)
         if reason is not None:
             return self.to_app(exchange, BYPASS, "bypasses", reason)
         return self.lookup(exchange, self._load(route.key), self.clock())
+
+    def _with_cookies(self, exchange: Exchange) -> Iterable[bytes]:
+        """A request with cookies uses the cache only for a page the
+        application said may be shared (ESI, Cache-Control: public): its
+        personal parts are fragments rendered for this request. A URL whose
+        rule says ``esi``, or whose page was seen shared, is looked up (and
+        rendered for everybody if missing); any other goes to the application."""
+        route = exchange.route
+        now = self.clock()
+        entry = self._load(route.key)
+        if type(entry) is VaryMarker:
+            entry = self._variant_entry(exchange, entry)
+        exchange.shared_only = True  # whatever it is served must be a shared page (see deliver)
+        if type(entry) is Page and SHARED in entry.flags:
+            route.shared = True
+            return self._lookup_variant(exchange, entry, now)
+        if entry is None and (route.shared or route.rule.esi) and exchange.method == "GET":
+            return self._lookup_variant(exchange, None, now)
+        return self.to_app(exchange, BYPASS, "bypasses", "cookie")
 
     def _exchange(self, environ: Dict, start_response: StartResponse, route: Any) -> Exchange:
         environ["pagecache"] = self  # the application can purge what it changes (pagecache.pyramid)
@@ -213,6 +253,10 @@ class PageCacheMiddleware:
         stale while one request rebuilds it, or compute (or revalidate) the page."""
         if type(entry) is VaryMarker:
             entry = self._variant_entry(exchange, entry)
+        return self._lookup_variant(exchange, entry, now)
+
+    def _lookup_variant(self, exchange: Exchange, entry: Any, now: float) -> Iterable[bytes]:
+        """:meth:`lookup` once the variant's entry is found."""
         if type(entry) is Page:
             entry = self._judged(entry, now)
         if type(entry) is Page:
@@ -299,6 +343,11 @@ class PageCacheMiddleware:
         outcome: Any = None
         try:
             token = self._lock(exchange)
+            if token is LOST and exchange.fallback is not None \
+                    and self.store.backing_off(self.keys.lock(exchange.digest)):
+                outcome = Served(STALE, exchange.fallback, self._variant(exchange.environ, exchange.fallback))
+                return self.deliver(exchange, exchange.fallback, STALE, self.clock(),
+                                    "the application failed lately: left alone for error_backoff")
             if token is LOST:
                 waited = time.perf_counter()
                 token = self._await(exchange, key)
@@ -448,8 +497,7 @@ class PageCacheMiddleware:
         info = rebuilt.cookies + self.labels.forwarded(MISS, fwd, rebuilt.saved, 304 if rebuilt.revalidated else 0)
         if now - page.stored >= 1:  # it came with an age of its own (an Age header, a Date in the past)
             info = [("Age", str(int(now - page.stored)))] + info
-        why = "revalidated (304)" if rebuilt.revalidated else "stored"
-        return self.deliver(exchange, page, MISS, now, why if rebuilt.saved else "not stored", info)
+        return self.deliver(exchange, page, MISS, now, rebuilt.why, info)
 
     def _refresh(self, job: Exchange, token: Any) -> None:
         """Rebuild a page in the background (a worker thread)."""
@@ -475,11 +523,22 @@ class PageCacheMiddleware:
             exchange.requested = self.clock()
             captured, failure = self._call_app(exchange, environ, start_response, "rebuilding")
             if captured is None:
+                if isinstance(token, bytes) and self.error_backoff:
+                    self._back_off(exchange, token)
+                    token = None
                 return Failed(failure)
             return self.store_response(exchange, captured)
         finally:
             if isinstance(token, bytes):
                 self._unlock(exchange, token)
+
+    def _back_off(self, exchange: Exchange, token: bytes) -> None:
+        """Keep the update lock for ``error_backoff``: until then every
+        request, in any process, gets the stale copy without asking the
+        failing application, and then one request tries again."""
+        self._count(exchange, "backoffs")
+        if not self.store.hold(self.keys.lock(exchange.digest), token, self.error_backoff):
+            self._unlock(exchange, token)
 
     def _call_app(self, exchange: Exchange, environ: Dict, start_response: Optional[StartResponse],
                   doing: str) -> Tuple[Optional[Captured], str]:
@@ -498,15 +557,18 @@ class PageCacheMiddleware:
             self._count(exchange, "app_errors")
             if fallback is None:
                 raise
-            log.error("%s %s failed; serving the stale copy", doing, admin.url_of(environ), exc_info=True)
+            url = admin.url_of(environ)
+            self.failures.failed(url, f"{doing} {url} failed", sys.exc_info(), self.error_backoff)
             return None, f"{type(error).__name__}: {error}"
         self.stats.observe("app_seconds", time.perf_counter() - called, exchange.route.index)
         if fallback is not None and http.status_code(captured.status) >= 500 and not captured.sent:
             captured.close()
             self._count(exchange, "app_errors")
-            log.error("%s %s answered %s; serving the stale copy", doing, admin.url_of(environ),
-                      captured.status)
+            url = admin.url_of(environ)
+            self.failures.failed(url, f"{doing} {url} answered {captured.status}", None, self.error_backoff)
             return None, f"status {captured.status}"
+        if fallback is not None:
+            self.failures.recovered(admin.url_of(environ))
         return captured, ""
 
     def _buffer_limit(self, headers: http.Headers) -> int:
@@ -538,7 +600,7 @@ class PageCacheMiddleware:
         if type(page) is str:
             return self._not_stored(exchange, captured, page, received)
         self.tags.ensure(page.tags, page.stored, received)
-        return Stored(page, http.set_cookies(captured.headers), self._save_page(exchange, page, received))
+        return self._stored(exchange, page, http.set_cookies(captured.headers), received)
 
     def _not_stored(self, exchange: Exchange, captured: Captured, reason: str, received: float) -> NotStored:
         """Remember the URL as uncacheable for a while, unless a stale copy is kept in reserve."""
@@ -566,18 +628,21 @@ class PageCacheMiddleware:
         cookies = http.set_cookies(captured.headers)
         if decision.reason is not None:
             self.store.delete(self.keys.page(exchange.digest))
-            return Stored(cached.replace(headers=headers), cookies, saved=False, shared=False, revalidated=True)
+            return Stored(cached.replace(headers=headers), cookies, saved=False, shared=False, revalidated=True,
+                          why=f"revalidated (304), not stored: {decision.reason}")
         page = cached.replace(headers=headers, stored=decision.stored, ttl=decision.ttl, grace=decision.grace,
                               stale=decision.stale, keep=decision.keep,
                               flags=decision.flags + (GENERATED_ETAG if cached.has(GENERATED_ETAG) else ""))
-        return Stored(page, cookies, self._save_page(exchange, page, received), revalidated=True)
+        return self._stored(exchange, page, cookies, received, revalidated=True)
 
     def _page(self, status: str, headers: http.Headers, body: bytes,
               decision: freshness.Decision) -> Union[Page, str]:
         """The page to store for a response, or why it can't be stored."""
+        if ESI in decision.flags and self.esi:
+            return self._esi_page(status, headers, body, decision)
+        flags = decision.flags.replace(ESI, "").replace(SHARED, "")
         kept, generated = http.headers_to_store(headers, body, self._dropped_headers + tuple(decision.dropped))
-        prepared = self.compression.prepare(status, headers, kept, body,
-                                            decision.flags + (GENERATED_ETAG if generated else ""))
+        prepared = self.compression.prepare(status, headers, kept, body, flags + (GENERATED_ETAG if generated else ""))
         if type(prepared) is str:
             return prepared
         kept, stored, coding, identity_length, flags = prepared
@@ -588,6 +653,24 @@ class PageCacheMiddleware:
         return Page(status, kept, stored, decision.stored, decision.ttl, decision.grace, decision.stale,
                     keep=decision.keep, flags=flags, encoding=coding, identity_length=identity_length,
                     tags=self._tags_of(headers))
+
+    def _esi_page(self, status: str, headers: http.Headers, body: bytes,
+                  decision: freshness.Decision) -> Union[Page, str]:
+        """A page holding ESI: stored parsed, assembled at every delivery."""
+        if any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
+               for name, value in headers):
+            return "ESI in an encoded body: pagecache processes ESI in identity bodies only"
+        try:
+            parts = Fragments.prepare(body)
+        except ValueError as error:
+            log.warning("ESI that does not parse, not stored: %s", error)
+            return f"ESI that does not parse: {error}"
+        if len(parts) > self.max_entry_size:
+            return "larger than max_entry_size"
+        kept, _ = http.headers_to_store(headers, None, self._dropped_headers + tuple(decision.dropped))
+        kept = [(name, value) for name, value in kept if name.lower() not in ("content-length", "content-encoding")]
+        return Page(status, kept, parts, decision.stored, decision.ttl, decision.grace, decision.stale,
+                    keep=decision.keep, flags=decision.flags, tags=self._tags_of(headers))
 
     def _tags_of(self, headers: http.Headers) -> Tuple[str, ...]:
         if not self.tag_header:
@@ -608,6 +691,14 @@ class PageCacheMiddleware:
         """A URL that looks like a static file stores only a response of that type."""
         content_type = next((value for name, value in captured.headers if name.lower() == "content-type"), None)
         return urls.static_type_mismatch(exchange.environ.get("PATH_INFO", ""), content_type)
+
+    def _stored(self, exchange: Exchange, page: Page, cookies: http.Headers, now: float,
+                revalidated: bool = False) -> Stored:
+        """Save ``page`` (see :meth:`_save_page`): the rebuild's outcome, saying what happened."""
+        saved = self._save_page(exchange, page, now)
+        done = "revalidated (304) and stored" if revalidated else "stored"
+        why = done if saved else f"not stored: {self.store.refused()}"
+        return Stored(page, cookies, saved, revalidated=revalidated, why=why)
 
     def _save_page(self, exchange: Exchange, page: Page, now: float) -> bool:
         """Save ``page`` under its variant's key (writing the URL's vary marker
@@ -655,8 +746,24 @@ class PageCacheMiddleware:
         match it; labelled (``info``: the labels of a page just fetched),
         counted (a MISS was counted when it was computed) and logged."""
         environ = exchange.environ
+        if exchange.shared_only and SHARED not in page.flags:  # rendered for everybody, not shared with cookies
+            return self.to_app(exchange, BYPASS, "bypasses", "cookie (the page is not shared)")
         headers, body = page.headers, page.body
-        if page.encoding:
+        if ESI in page.flags:
+            if SHARED in page.flags:
+                exchange.route.shared = True
+            try:
+                headers, body, fragments = self.fragments.assemble(environ, exchange.route, page,
+                                                                   exchange.prefetched)
+            except Exception as error:  # a fragment failed that nothing stands in for
+                log.error("%s: %s", admin.url_of(environ), error)
+                self.stats.incr("esi_failures", 1, exchange.route.index)
+                return admin.plain(exchange.start_response, "502 Bad Gateway",
+                                   "a part of this page could not be made\n")
+            self.stats.incr("esi_fragments", len(fragments), exchange.route.index)
+            if exchange.started:
+                why = f"{why}; fragments: {fragments}" if why else f"fragments: {fragments}"
+        elif page.encoding:
             representation = Compression.representation(page, environ.get("HTTP_ACCEPT_ENCODING"))
             if representation is None:
                 log.warning("%s: the stored bytes do not decode; asking the application", admin.url_of(environ))
@@ -753,7 +860,12 @@ class PageCacheMiddleware:
         TTL, so that one request rebuilds it while the others get it stale), in
         every process within ``tag_check_interval``; the tags whose purge the
         cache could not take (empty: all done)."""
-        tags = [tag for tag in tags if tag]
+        if isinstance(tags, str):
+            tags = [tags]
+        tags = list(tags)
+        for tag in tags:
+            if tag != ALL and parse_header(tag) != (tag,):
+                raise ValueError(f"{tag!r} is not a tag (printable ASCII without spaces; '*' is purge_all)")
         failed = self.tags.purge(tags, soft, self.clock())
         self.stats.incr("tag_purges", len(tags) - len(failed))
         log.info("%s tags %s%s", "soft-purged" if soft else "purged", " ".join(tags),

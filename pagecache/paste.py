@@ -8,6 +8,7 @@ the option and, when the INI file can be read, its line.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -22,6 +23,10 @@ def load_settings(local_conf: Dict[str, str], ini_file: Optional[str] = None) ->
     options = dict(local_conf)
     try:
         if "cached_urls" not in options:
+            near = [key for key in options if difflib.get_close_matches(key, ["cached_urls"], cutoff=0.75)]
+            if near:
+                raise ConfigError(f"option cached_urls is missing, and {near[0]!r} is not an option: "
+                                  f"did you mean cached_urls?", near[0])
             raise ConfigError("option cached_urls is missing: without rules nothing is cached",
                               "cached_urls")
         rules = parse_rules(options.pop("cached_urls"))

@@ -28,7 +28,7 @@ class Route:
     and query as the key holds them (the application renders the page from
     exactly those)."""
 
-    __slots__ = ("rule", "index", "bypass", "digest", "key", "host", "query", "cacheable")
+    __slots__ = ("rule", "index", "bypass", "digest", "key", "host", "query", "cacheable", "fragments", "shared")
 
     def __init__(self, rule: Optional[Rule], bypass: Optional[str] = None, digest: str = "",
                  key: str = "", host: str = "", query: str = "", index: Optional[int] = None):
@@ -36,6 +36,8 @@ class Route:
         self.index = index  # the rule's position in the table: how counters name it
         self.digest, self.key, self.host, self.query = digest, key, host, query
         self.cacheable = rule is not None and bypass is None
+        self.fragments: tuple = ()  # keys of the cached ESI fragments its page was assembled with last
+        self.shared = False         # its page was seen shared with requests that carry cookies (ESI, public)
 
     def __repr__(self) -> str:
         return f"<Route {self.rule!r} {self.bypass or self.key}>"

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 from . import entry as entries
 from .backends import expiry_time
@@ -44,6 +44,7 @@ class LockState(enum.Enum):
 
 
 LOST, UNAVAILABLE = LockState.LOST, LockState.UNAVAILABLE
+BACKOFF = b"backoff:"        # what a lock held after a failed rebuild holds before its token
 
 
 class Store:
@@ -56,6 +57,8 @@ class Store:
         self.client = client
         self.stats = stats
         self.never_sent = frozenset(name.lower() for name in never_sent)  # dropped from pages read
+        self._get_multi = getattr(client, "get_multi", None) or getattr(client, "get_many", None)
+        self._refused = threading.local()
         self._warn_lock = threading.Lock()
         self._quiet_until = 0.0
         self._suppressed = 0
@@ -99,6 +102,27 @@ class Store:
             return known[1]
         return self._parse(key, value)
 
+    def load_many(self, keys: Sequence[str]) -> Dict[str, Optional[entries.Entry]]:
+        """The entries under ``keys`` in one round trip (``get_multi``, or
+        ``get_many``; one ``get`` each for a cache that has neither)."""
+        get_multi = self._get_multi
+        try:
+            if get_multi is None:
+                values = {key: self.client.get(key) for key in keys}
+            else:
+                values = get_multi(list(keys)) or {}
+        except Exception as error:
+            self.failed(f"get_multi of {len(keys)} keys: {error!r}")
+            return {}
+        found: Dict[str, Optional[entries.Entry]] = {}
+        for key in keys:
+            value = values.get(key)
+            if value is None:
+                continue
+            known = self._parsed.get(key)
+            found[key] = known[1] if known is not None and known[0] == value else self._parse(key, value)
+        return found
+
     def _parse(self, key: str, value: Any) -> Optional[entries.Entry]:
         """Parse ``value`` and keep what it gave for the next :meth:`load`,
         the oldest dropped beyond :data:`PARSED_MAX` or :data:`PARSED_BYTES`."""
@@ -130,12 +154,18 @@ class Store:
         try:
             stored = self.client.set(key, value, expiry_time(seconds))
         except Exception as error:
+            self._refused.why = f"the cache failed: {error!r}"
             self.failed(f"set {key}: {error!r}")
             return False
         if not stored:
+            self._refused.why = f"the cache refused it ({len(value)} bytes)"
             self.failed(f"set {key}: not stored ({len(value)} bytes)")
             return False
         return True
+
+    def refused(self) -> str:
+        """Why this thread's last save failed (for the log)."""
+        return getattr(self._refused, "why", "the cache refused it")
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; False if it was not there or the cache did not answer."""
@@ -170,6 +200,26 @@ class Store:
         self.failed(f"add {key}: no answer")
         self._doubt(key, token, seconds)
         return UNAVAILABLE
+
+    def hold(self, key: str, token: bytes, seconds: float) -> bool:
+        """Keep the lock ``key`` that ``token`` holds for ``seconds`` from now,
+        marked as a back-off (and forget it: it ends by itself); whether the
+        cache took it."""
+        if not self._set(key, BACKOFF + token, seconds):
+            return False
+        self._held.pop(token, None)
+        return True
+
+    def backing_off(self, key: str) -> bool:
+        """Whether the lock ``key`` is held for a back-off (see :meth:`hold`)."""
+        try:
+            held = self.client.get(key)
+        except Exception as error:
+            self.failed(f"get {key}: {error!r}")
+            return False
+        if isinstance(held, str):
+            held = held.encode("ascii", "replace")
+        return isinstance(held, bytes) and held.startswith(BACKOFF)
 
     def unlock(self, key: str, token: Union[LockState, bytes]) -> bool:
         """Release the lock ``key`` if ``token`` holds it; whether it did. One

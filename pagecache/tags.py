@@ -84,18 +84,16 @@ class TagTimes:
     def purged_since(self, tags: Sequence[str], stored: float, now: float) -> Tuple[float, float]:
         """The latest hard and soft purge times, among ``tags`` and ``*``, that
         are after ``stored`` (0.0 for none)."""
-        everything = self.everything
-        if everything[2] <= now:
-            everything = self._refresh([ALL], now)[ALL]
-        hard = everything[0] if everything[0] > stored else 0.0
-        soft = everything[1] if everything[1] > stored else 0.0
-        if not tags:
-            return hard, soft
         memo = self._memo
         due = [tag for tag in tags if memo.get(tag, (0.0, 0.0, -1.0))[2] <= now]
-        times = self._refresh(due, now) if due else {}
+        if self.everything[2] <= now:
+            due.append(ALL)
+        times = self._refresh(due, now) if due else {}  # one round trip for all that are due
+        everything = times.get(ALL) or self.everything
+        hard = everything[0] if everything[0] > stored else 0.0
+        soft = everything[1] if everything[1] > stored else 0.0
         for tag in tags:
-            found = times.get(tag) or memo.get(tag)
+            found = times.get(tag) or self._memo.get(tag)
             if found is None:
                 continue
             if found[0] > stored:

@@ -207,7 +207,7 @@ def test_in_grace_one_request_rebuilds_while_the_others_get_the_stale_page(build
 @pytest.mark.parametrize("failure", ["raises", "500"])
 def test_stale_if_error_covers_a_failing_rebuild(build, library, clock, failure):
     app = CountingApp()
-    middleware = build(app, library, rules="/ 10 20", stale_if_error=3600)
+    middleware = build(app, library, rules="/ 10 20", stale_if_error=3600, error_backoff=0)  # retried at once
     browser = client(middleware)
     browser.get("/e")
     clock.advance(100)                                # past TTL and grace, inside stale_if_error

@@ -321,7 +321,8 @@ def test_with_memcached_down_a_process_still_computes_a_cold_page_once(app, cloc
 @pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
 @pytest.mark.parametrize("failure", ["raise", "503"])
 def test_failing_rebuild_in_grace_serves_stale_and_stores_nothing(make, app, clock, failure, background):
-    middleware = make(app, RULES, background_refresh=background)
+    # error_backoff 0: every request past the failure tries again (test_backoff.py: with a back-off)
+    middleware = make(app, RULES, background_refresh=background, error_backoff=0)
     call(middleware, "/shop")
     good = stored(middleware, url("/shop"))
     clock.advance(TTL + 1)
@@ -360,7 +361,7 @@ def test_failing_rebuild_in_grace_serves_stale_and_stores_nothing(make, app, clo
 
 @pytest.mark.parametrize("failure", ["raise", "503"])
 def test_stale_if_error_covers_failures_past_grace(make, app, clock, failure):
-    middleware = make(app, RULES, stale_if_error=300)
+    middleware = make(app, RULES, stale_if_error=300, error_backoff=0)
     call(middleware, "/shop")
     good = stored(middleware, url("/shop"))
     clock.advance(TTL + GRACE + 10)  # past grace: only an error may be covered

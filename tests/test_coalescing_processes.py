@@ -299,7 +299,7 @@ def test_background_refresh_across_processes_makes_no_client_wait(cluster):
 @pytest.mark.parametrize("failure", [1, 2], ids=["raise", "503"])
 def test_failing_rebuild_across_processes_serves_stale_and_stores_nothing(cluster, failure):
     app = App(held={2})
-    servers = cluster.start(app)
+    servers = cluster.start(app, error_backoff=0)  # each process tries again (test_backoff.py: with one)
     assert fetch(servers[0], "/shop") == Reply(200, "MISS", b"v1 #1")
     good = into_grace(cluster, "/shop")
     app.mode.value = failure

@@ -129,7 +129,7 @@ def test_store_failures(make, backend):
 @pytest.mark.parametrize("failure", ["raise", "503"])
 def test_app_errors_covered_by_a_stale_copy(make, clock, failure):
     app = FailingApp()
-    mw = make(app, "/ 30 120")
+    mw = make(app, "/ 30 120", error_backoff=0)
     client(mw).get("/a")
     clock.advance(40)
     app.fail = failure
@@ -274,7 +274,7 @@ def test_memcached_errors_log_one_warning_per_window(dead_memcached, library, ca
 def test_error_when_a_rebuild_fails_and_stale_is_served(make, clock, caplog, failure, message):
     caplog.set_level(logging.WARNING, logger="pagecache")
     app = FailingApp()
-    mw = make(app, "/ 30 120")
+    mw = make(app, "/ 30 120", error_backoff=0)
     client(mw).get("/a")
     clock.advance(40)
     app.fail = failure

@@ -26,16 +26,25 @@ PasteDeploy: ``use = call:tests.apps.pyramid_site:main`` with settings
 ``calls_file``, ``control_dir`` (see :mod:`tests.apps`), ``session_secret``
 and optionally ``session_cookie``. Flags: ``backend-down`` makes the account
 and article views raise, as when their database is unreachable.
+
+The pages of :mod:`tests.test_listening` (``/http-cache/<n>``,
+``/policy/<name>``, ``/validated/...``, ``/notes/<id>``, ``/items/<id>``) say
+how long they may be kept, and keep their state in ``control_dir`` so that
+every server process shares it: see "Pages that say how long they may be
+kept" below.
 """
 
 from __future__ import annotations
 
+import datetime
 import html
 import json
-from typing import Any, Dict, Optional
+import os
+import time
+from typing import Any, Dict, Optional, Tuple
 
 from pyramid.config import Configurator
-from pyramid.httpexceptions import HTTPFound
+from pyramid.httpexceptions import HTTPFound, HTTPSeeOther
 from pyramid.response import Response
 from pyramid.security import Allowed
 from pyramid.session import SignedCookieSessionFactory
@@ -196,6 +205,405 @@ def static_app_js(request: Any) -> Response:
                     content_type="application/javascript")
 
 
+# -- Pages that say how long they may be kept (tests/test_listening.py) ------
+#
+# Their state lives in files of ``control_dir``, so that every server process
+# (and the test) sees the same: a page's version (``version-<name>``), the
+# counts of its renders (``renders-<name>``: one byte a render), a flag that
+# holds renders (``hold-<name>``: while it is raised a render announces itself
+# in ``entered-<name>`` and waits), and a flag that makes renders fail
+# (``fail-<name>``: its text is ``raise`` or a status code).
+
+HOLD_TIMEOUT = 30.0   # seconds a held render waits for the test (reached only by a broken test)
+
+# /policy/<name>: Cache-Control of each page; rules give them no lifetime (``/ ttl=0``)
+POLICIES = {
+    "cold": "max-age=60",
+    "swr": "max-age=1, stale-while-revalidate=60",
+    "sie": "max-age=1, stale-if-error=600",
+    "must-revalidate": "max-age=1, must-revalidate, stale-while-revalidate=60, stale-if-error=600",
+    "aged": "max-age=60",   # with Age: 30, as when it comes through another cache
+}
+AGES = {"aged": "30"}
+
+
+def _control(request: Any, name: str) -> str:
+    return os.path.join(instruments(request).control_dir, "".join(c for c in name if c.isalnum() or c in "-_"))
+
+
+def read_state(request: Any, name: str, default: str) -> str:
+    try:
+        with open(_control(request, name), encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return default
+
+
+def write_state(request: Any, name: str, text: str) -> None:
+    path = _control(request, name)
+    with open(path + ".new", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".new", path)  # readers in other processes see the old text or the new, never half
+
+
+def count(request: Any, name: str) -> int:
+    """Add one to counter ``name`` (any process); its new value."""
+    path = _control(request, name)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b".")
+    finally:
+        os.close(fd)
+    return os.path.getsize(path)
+
+
+def held(request: Any, name: str) -> None:
+    """While flag ``hold-<name>`` is raised, announce this render and wait for the flag to be lowered."""
+    flag = "hold-" + name
+    if not instruments(request).flag(flag):
+        return
+    count(request, "entered-" + name)
+    deadline = time.monotonic() + HOLD_TIMEOUT
+    while instruments(request).flag(flag):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"render of {name} held for {HOLD_TIMEOUT}s: the test never lowered {flag}")
+        time.sleep(0.002)
+
+
+def failing(request: Any, name: str) -> Optional[Response]:
+    """What a render does while flag ``fail-<name>`` is raised: raise, or answer its status."""
+    how = read_state(request, "fail-" + name, "")
+    if how == "raise":
+        raise BackendDown(f"the database behind {name} is unreachable")
+    if how:
+        return Response(body=f"{name}: backend error {how}\n".encode(), status=int(how), content_type="text/plain")
+    return None
+
+
+def http_cached(request: Any) -> Response:
+    """/http-cache/<seconds>: a view configured with ``http_cache=<seconds>``."""
+    name = "http-cache-" + request.matched_route.name.rsplit("_", 1)[1]
+    number = count(request, "renders-" + name)
+    return page(f"{name}", f"<p id=render>render #{number}</p>")
+
+
+def policy_page(request: Any) -> Response:
+    """/policy/<name>: Cache-Control from :data:`POLICIES` (and Age from
+    :data:`AGES`); held, then failed, versioned by the test."""
+    name = request.matchdict["name"]
+    held(request, name)
+    failed = failing(request, name)
+    if failed is not None:
+        return failed
+    number = count(request, "renders-" + name)
+    version = read_state(request, "version-" + name, "1")
+    response = page(name, f"<p id=body>{name} v{version} render #{number}</p>")
+    response.headers["Cache-Control"] = POLICIES[name]
+    if name in AGES:
+        response.headers["Age"] = AGES[name]
+    return response
+
+
+class LazyBody:
+    """The expensive part of a page, rendered (and counted) only when the
+    server iterates it: a 304 from ``conditional_response`` never does."""
+
+    def __init__(self, request: Any, name: str, version: str):
+        self.request, self.name, self.version = request, name, version
+
+    def __iter__(self):
+        number = count(self.request, "renders-" + self.name)
+        text = f"<!doctype html><title>{self.name}</title><p id=body>{self.name} v{self.version} render #{number}</p>\n"
+        yield text.encode("utf-8")
+
+    def close(self) -> None:
+        pass
+
+
+def validated_page(request: Any) -> Response:
+    """/validated/etag/<name> and /validated/last-modified/<name>: ``http_cache=1``,
+    a validator made from the page's version (cheap), and
+    ``conditional_response``, so that WebOb answers a matching
+    ``If-None-Match`` / ``If-Modified-Since`` with 304 without rendering."""
+    kind, name = request.matchdict["kind"], request.matchdict["name"]
+    version = read_state(request, "version-" + name, "1")
+    response = Response(content_type="text/html", charset="utf-8", app_iter=LazyBody(request, name, version))
+    if kind == "etag":
+        response.etag = f"{name}-v{version}"
+    else:
+        response.last_modified = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc) \
+            + datetime.timedelta(days=int(version))
+    response.conditional_response = True
+    return response
+
+
+def note_html(request: Any) -> Response:
+    """/notes/<id>: an article whose text all server processes share (a file),
+    with an edit form (CSRF token) for logged-in users. (``ARTICLES`` above is
+    a dict of each process's own: an edit through one process is never seen
+    by another, cache or not.)"""
+    number = request.matchdict["id"]
+    text = read_state(request, "note-" + number, f"Note {number}: first draft")
+    form = ""
+    if request.authenticated_userid and request.identity["via"] == "session":
+        form = (f'<form method=post action=/notes/{number}>{csrf_field(request)}'
+                f'<input name=title><button>Save</button></form>')
+    response = page(f"Note {number}", f"<p id=article>{html.escape(text)}</p>{form}")
+    response.cache_expires(300)  # the whole site is cached for what the responses say (``/ ttl=0``)
+    return response
+
+
+def note_update(request: Any) -> HTTPFound:
+    # CSRF-checked by Pyramid (require_csrf=True), like the article form
+    number = request.matchdict["id"]
+    write_state(request, "note-" + number, request.POST.get("title", ""))
+    return HTTPFound(location=f"/notes/{number}")  # POST-redirect-GET
+
+
+def item_get(request: Any) -> Response:
+    """/items/<id>: a resource of a small JSON-less API, cached for 5 minutes."""
+    number = request.matchdict["id"]
+    text = read_state(request, "item-" + number, "original")
+    render = count(request, "renders-item-" + number)
+    response = Response(body=f"item {number}: {text} (render #{render})\n".encode(), content_type="text/plain")
+    response.cache_expires(300)
+    return response
+
+
+def item_change(request: Any) -> Response:
+    """PUT, DELETE or POST /items/<id> (an API: no CSRF token, no session).
+    PUT stores the body, DELETE resets the item; POST changes it to its
+    ``text`` field and answers, by its fields: ``status`` (say 500: the
+    change failed), ``location`` (a 303 there) and ``content_location``."""
+    number = request.matchdict["id"]
+    if request.method == "POST" and request.POST.get("status", "200") != "200":
+        return Response(body=b"could not save\n", status=int(request.POST["status"]), content_type="text/plain")
+    if request.method == "PUT":
+        write_state(request, "item-" + number, request.body.decode("utf-8"))
+    elif request.method == "DELETE":
+        write_state(request, "item-" + number, "deleted")
+    else:
+        write_state(request, "item-" + number, request.POST.get("text", ""))
+    if request.method == "POST" and request.POST.get("location"):
+        return HTTPSeeOther(location=request.POST["location"])
+    response = Response(body=f"saved item {number}\n".encode(), content_type="text/plain")
+    if request.method == "POST" and request.POST.get("content_location"):
+        response.headers["Content-Location"] = request.POST["content_location"]
+    return response
+
+
+def add_listening_views(config: Configurator) -> None:
+    for seconds in (5, 60):
+        config.add_route(f"http_cache_{seconds}", f"/http-cache/{seconds}")
+        config.add_view(http_cached, route_name=f"http_cache_{seconds}", request_method=("GET", "HEAD"),
+                        http_cache=seconds)
+    config.add_route("policy", "/policy/{name}")
+    config.add_view(policy_page, route_name="policy", request_method=("GET", "HEAD"))
+    config.add_route("validated", "/validated/{kind:etag|last-modified}/{name}")
+    config.add_view(validated_page, route_name="validated", request_method=("GET", "HEAD"), http_cache=1)
+    config.add_route("note", "/notes/{id}")
+    config.add_view(note_html, route_name="note", request_method=("GET", "HEAD"))
+    config.add_view(note_update, route_name="note", request_method="POST")
+    config.add_route("item", "/items/{id}")
+    config.add_view(item_get, route_name="item", request_method=("GET", "HEAD"))
+    config.add_view(item_change, route_name="item", request_method=("PUT", "DELETE", "POST"), require_csrf=False)
+
+
+# -- tagged pages (tests/test_tags.py) ---------------------------------------
+#
+# An article shown at two URLs (its page and its print version) and on a
+# front page, each tagged with request.pagecache.tag(); a POST that saves the
+# article and purges its tag, then redirects to the article. The text lives
+# in a file of control_dir, so that every server process (gunicorn workers)
+# shows the same one.
+
+TAGGED_IDS = ("1", "2", "3")
+
+
+def tagged_text(request: Any, number: str) -> str:
+    path = os.path.join(instruments(request).control_dir, f"tagged-article-{number}.txt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return f"Article {number}, first edition"
+
+
+def tagged_article(request: Any) -> Response:
+    number = request.matchdict["id"]
+    request.pagecache.tag(f"article-{number}", "articles")
+    return page(f"Article {number}", f"<p id=article>{html.escape(tagged_text(request, number))}</p>")
+
+
+def tagged_print(request: Any) -> Response:
+    number = request.matchdict["id"]
+    request.pagecache.tag(f"article-{number}")
+    return page(f"Article {number} (print)", f"<pre id=article>{html.escape(tagged_text(request, number))}</pre>")
+
+
+def tagged_front(request: Any) -> Response:
+    request.pagecache.tag("front", *(f"article-{number}" for number in TAGGED_IDS))
+    items = "".join(f"<li id=article-{number}>{html.escape(tagged_text(request, number))}</li>"
+                    for number in TAGGED_IDS)
+    return page("Tagged front page", f"<ul>{items}</ul>")
+
+
+def tagged_save(request: Any) -> HTTPSeeOther:
+    number = request.matchdict["id"]
+    path = os.path.join(instruments(request).control_dir, f"tagged-article-{number}.txt")
+    with open(path + ".new", "w", encoding="utf-8") as f:
+        f.write(request.POST["text"])
+    os.replace(path + ".new", path)
+    not_purged = request.pagecache.purge_tags(f"article-{number}")
+    response = HTTPSeeOther(location=f"/tagged/articles/{number}")  # POST-redirect-GET
+    response.headers["X-Not-Purged"] = " ".join(not_purged) or "-"
+    return response
+
+
+# -- ESI pages and fragments (tests/test_esi_delivery.py) ----------------------
+#
+# Pages that say they hold Edge Side Includes (``Surrogate-Control:
+# content="ESI/1.0"``), and the fragments they include. Renders are counted
+# in files of ``control_dir`` (``renders-esi-<name>``, ``renders-fragment-<name>``,
+# ``renders-greeting``), as for the listening pages above, so every server
+# process counts into the same place.
+#
+# * ``/esi/page/<name>``: the page :data:`ESI_PAGES` names: its Cache-Control
+#   (None: none) and its includes;
+# * ``/esi/greeting``: a personal fragment: "Hello, <the session's user>" (or
+#   "Hello, visitor"); it sets no cookie;
+# * ``/esi/visits``: a personal fragment that sets one: "visit #<n>", and the
+#   cookie ``visits=<n>``;
+# * ``/esi/fragment/<name>``: a shared fragment, "fragment <name> v<version>"
+#   (``version-fragment-<name>``), tagged ``fragment-<name>``; it raises or
+#   answers a status while ``fail-fragment-<name>`` says so (:func:`failing`),
+#   and, in-process, waits while the ``threading.Event`` that the setting
+#   ``esi_gates`` (a dict) holds under ``<name>`` is not set; with ``?shared=1``
+#   it says ESI and ``Cache-Control: public``, as a response that may be shared
+#   with requests carrying cookies does;
+# * ``/esi/nest/<n>``: ``[n`` + an include of ``/esi/nest/<n-1>`` + ``]``, down to
+#   ``[0]``; with ``?onerror=continue`` the includes say so too (and pass the
+#   query on);
+# * ``/esi/plain``: a public page without ESI.
+
+ESI_MARKER = ("Surrogate-Control", 'content="ESI/1.0"')
+FAILING = "/esi/fragment/flaky"
+
+ESI_PAGES: Dict[str, Tuple[Optional[str], str]] = {
+    "greeting": ("public", '<p id=greeting><esi:include src="/esi/greeting"/></p>'),
+    "unshared": (None, '<p id=greeting><esi:include src="/esi/greeting"/></p>'),
+    "three": ("public", "".join(f'<div id={name}><esi:include src="/esi/fragment/{name}"/></div>'
+                                for name in "abc")),
+    "three-shared": ("public", "".join(f'<div id={name}><esi:include src="/esi/fragment/{name}?shared=1"/></div>'
+                                       for name in "abc")),
+    "mixed": ("public", '<p id=greeting><esi:include src="/esi/greeting"/></p>'
+                        '<div id=a><esi:include src="/esi/fragment/a"/></div>'),
+    "alt": ("public", f'<div id=flaky><esi:include src="{FAILING}" alt="/esi/fragment/spare"/></div>'),
+    "continue": ("public", f'<div id=flaky><esi:include src="{FAILING}" onerror="continue"/></div>'),
+    "strict": ("public", f'<div id=flaky><esi:include src="{FAILING}"/></div>'),
+    "self": ("public", '<div id=self><esi:include src="/esi/page/self"/></div>'),
+    "self-continue": ("public",
+                      '<div id=self><esi:include src="/esi/page/self-continue" onerror="continue"/></div>'),
+    "loop-a": ("public", '<div id=a><esi:include src="/esi/page/loop-b"/></div>'),
+    "loop-b": ("public", '<div id=b><esi:include src="/esi/page/loop-a"/></div>'),
+    "loop-a-continue": ("public",
+                        '<div id=a><esi:include src="/esi/page/loop-b-continue" onerror="continue"/></div>'),
+    "loop-b-continue": ("public",
+                        '<div id=b><esi:include src="/esi/page/loop-a-continue" onerror="continue"/></div>'),
+    "private": ("private", '<p id=greeting><esi:include src="/esi/greeting"/></p>'),
+    "visits": ("public", '<p id=visits><esi:include src="/esi/visits"/></p>'),
+    "dated": ("public", '<div id=a><esi:include src="/esi/fragment/a"/></div>'),
+}
+DATED = {"dated": "Mon, 01 Jan 2024 00:00:00 GMT"}  # pages with a Last-Modified of their own
+
+
+def esi_page(request: Any) -> Response:
+    name = request.matchdict["name"]
+    if name not in ESI_PAGES:
+        return Response(body=b"no such page\n", status=404, content_type="text/plain")
+    control, includes = ESI_PAGES[name]
+    number = count(request, "renders-esi-" + name)
+    response = page(f"ESI page {name}", f"<p id=render>page render #{number}</p>{includes}")
+    response.headerlist.append(ESI_MARKER)
+    if control is not None:
+        response.headers["Cache-Control"] = control
+    if name in DATED:
+        response.headers["Last-Modified"] = DATED[name]
+    return response
+
+
+def esi_greeting(request: Any) -> Response:
+    count(request, "renders-greeting")
+    user = request.authenticated_userid
+    return Response(f"Hello, {html.escape(user) if user else 'visitor'}", content_type="text/html", charset="utf-8")
+
+
+def esi_visits(request: Any) -> Response:
+    """A personal fragment that sets a cookie: the visitor's count of visits."""
+    try:
+        seen = int(request.cookies.get("visits", "0"))
+    except ValueError:
+        seen = 0
+    response = Response(f"visit #{seen + 1}", content_type="text/html", charset="utf-8")
+    response.set_cookie("visits", str(seen + 1), path="/")
+    return response
+
+
+def esi_fragment(request: Any) -> Response:
+    name = request.matchdict["name"]
+    gate = request.registry.settings.get("esi_gates", {}).get(name)
+    if gate is not None and not gate.wait(HOLD_TIMEOUT):
+        raise RuntimeError(f"fragment {name} held for {HOLD_TIMEOUT}s: the test never set its gate")
+    failed = failing(request, "fragment-" + name)
+    if failed is not None:
+        return failed
+    count(request, "renders-fragment-" + name)
+    request.pagecache.tag("fragment-" + name)
+    version = read_state(request, "version-fragment-" + name, "1")
+    response = Response(f"fragment {html.escape(name)} v{html.escape(version)}", content_type="text/html",
+                        charset="utf-8")
+    if request.params.get("shared") == "1":  # may be shared with requests that carry cookies
+        response.headerlist.append(ESI_MARKER)
+        response.headers["Cache-Control"] = "public"
+    return response
+
+
+def esi_nest(request: Any) -> Response:
+    level = int(request.matchdict["n"])
+    count(request, f"renders-nest-{level}")
+    inner = ""
+    if level > 0:
+        query = f"?{request.query_string}" if request.query_string else ""
+        onerror = ' onerror="continue"' if request.params.get("onerror") == "continue" else ""
+        inner = f'<esi:include src="/esi/nest/{level - 1}{html.escape(query)}"{onerror}/>'
+    response = Response(f"[{level}{inner}]", content_type="text/html", charset="utf-8")
+    response.headerlist.append(ESI_MARKER)
+    response.headers["Cache-Control"] = "public"
+    return response
+
+
+def esi_plain(request: Any) -> Response:
+    number = count(request, "renders-esi-plain")
+    response = page("A public page without ESI", f"<p id=render>page render #{number}</p>")
+    response.headers["Cache-Control"] = "public"
+    return response
+
+
+def add_esi_views(config: Configurator) -> None:
+    config.add_route("esi_page", "/esi/page/{name}")
+    config.add_view(esi_page, route_name="esi_page", request_method=("GET", "HEAD"))
+    config.add_route("esi_greeting", "/esi/greeting")
+    config.add_view(esi_greeting, route_name="esi_greeting", request_method=("GET", "HEAD"))
+    config.add_route("esi_visits", "/esi/visits")
+    config.add_view(esi_visits, route_name="esi_visits", request_method=("GET", "HEAD"))
+    config.add_route("esi_fragment", "/esi/fragment/{name}")
+    config.add_view(esi_fragment, route_name="esi_fragment", request_method=("GET", "HEAD"))
+    config.add_route("esi_nest", r"/esi/nest/{n:\d+}")
+    config.add_view(esi_nest, route_name="esi_nest", request_method=("GET", "HEAD"))
+    config.add_route("esi_plain", "/esi/plain")
+    config.add_view(esi_plain, route_name="esi_plain", request_method=("GET", "HEAD"))
+
+
 def main(global_config: Dict[str, str], **settings: str) -> Any:
     """The PasteDeploy app factory."""
     settings = dict(settings)
@@ -224,4 +632,16 @@ def main(global_config: Dict[str, str], **settings: str) -> Any:
     # traversal (no route matched): /account, /public/, and /public/../account
     config.add_view(account, context=Root, name="account", request_method=("GET", "HEAD"))
     config.add_view(public_index, context=PublicFolder, name="", request_method=("GET", "HEAD"))
+    # tagged pages (request.pagecache, from config.include("pagecache"))
+    config.include("pagecache")
+    config.add_route("tagged_front", "/tagged/")
+    config.add_view(tagged_front, route_name="tagged_front", request_method=("GET", "HEAD"))
+    config.add_route("tagged_article", "/tagged/articles/{id}")
+    config.add_view(tagged_article, route_name="tagged_article", request_method=("GET", "HEAD"))
+    config.add_route("tagged_print", "/tagged/print/{id}")
+    config.add_view(tagged_print, route_name="tagged_print", request_method=("GET", "HEAD"))
+    config.add_route("tagged_save", "/tagged/articles/{id}/edit")
+    config.add_view(tagged_save, route_name="tagged_save", request_method="POST", require_csrf=False)
+    add_listening_views(config)
+    add_esi_views(config)
     return instrumented(config.make_wsgi_app(), settings)

@@ -1,0 +1,262 @@
+"""Edge Side Includes at delivery: a stored page's holes filled for the
+request at hand.
+
+A page the application marked as holding ESI (``Surrogate-Control:
+content="ESI/1.0"``, or a rule with the word ``esi``) is parsed once, when it
+is stored (:mod:`pagecache.esi`); every delivery assembles it. Each include
+is a sub-request through pagecache for the fragment's URL (same host,
+resolved against the page), made from the client's own request, so a
+fragment has its own rule, lifetime, grace, tags and coalescing, and a
+personal fragment (one no rule caches, or whose request bypasses: the
+user's cookies, ``Authorization``) is rendered by the application for that
+user. The cached fragments of a page are read in one ``get_multi``, which
+the page's own ``get`` joins once the page is known to have them.
+Sub-requests for the others run on a small pool of threads, so a page's
+personal fragments render at once and one that hangs is given up after
+``esi_timeout``.
+
+A fragment that fails (raises, times out, answers 4xx or 5xx) gives its
+``alt``, or nothing with ``onerror="continue"``, or else the whole page
+fails as an application error does (a stale copy of the page when one can
+stand in, else a 502); nothing of it is stored. Nesting is bounded by
+``esi_depth``; a loop (a fragment including itself, a->b->a) ends as a
+failed include.
+
+The assembled response has the ``Content-Length`` of its body, an ``ETag``
+made from it (so it changes when any part does), no ``Last-Modified``, the
+``Set-Cookie`` headers of its personal fragments, and, when any fragment
+was personal, ``Cache-Control: private, no-cache`` (never more shared than its
+most private part).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from . import esi, http
+from .capture import capture
+from .entry import ESI, SHARED, Headers, Page
+
+log = logging.getLogger("pagecache")
+
+CHAIN = "pagecache.esi"  # environ key: the URLs of the pages being assembled around a sub-request
+PERSONAL_CONTROL = ("Cache-Control", "private, no-cache")
+SUB_REQUEST_REMOVED = ("CONTENT_TYPE", "HTTP_TRANSFER_ENCODING", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+                       "HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE", "HTTP_RANGE", "pagecache")
+_OWN_LABELS = ("x-cache", "cache-status", "age", "server-timing")
+
+
+class Fragment:
+    """What one include gave: for the debug log and the assembled headers."""
+
+    __slots__ = ("url", "label", "status", "personal", "cookies")
+
+    def __init__(self, url: str, label: str, status: int, personal: bool, cookies: Headers = ()):
+        self.url, self.label, self.status, self.personal, self.cookies = url, label, status, personal, list(cookies)
+
+    def __repr__(self) -> str:
+        return f"{self.url} {self.label or '-'} {self.status}{' personal' if self.personal else ''}"
+
+
+class Failure(Exception):
+    """A fragment failed with neither alt nor onerror="continue"."""
+
+
+class Fragments:
+    """The ESI delivery of one middleware."""
+
+    def __init__(self, middleware: Any, depth: int, timeout: float, workers: int):
+        self.middleware = middleware
+        self.depth = depth
+        self.timeout = timeout
+        self.workers = workers
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    # -- at store time -------------------------------------------------------
+
+    @staticmethod
+    def prepare(body: bytes) -> bytes:
+        """The stored form of an ESI body (EsiError if it does not parse)."""
+        return esi.to_bytes(esi.parse(body))
+
+    @staticmethod
+    def parts(page: Page) -> esi.Parts:
+        """A stored ESI page's parts, parsed once per page and process."""
+        memo = page.memo()
+        parts = memo.get("esi")
+        if parts is None:
+            parts = memo["esi"] = esi.from_bytes(page.body)
+        return parts
+
+    # -- at delivery -----------------------------------------------------------
+
+    def assemble(self, environ: Dict, route: Any, page: Page,
+                 prefetched: Optional[Dict[str, Any]] = None) -> Tuple[Headers, bytes, List[Fragment]]:
+        """The headers and body of ``page`` assembled for the request of
+        ``environ`` (whose route is ``route``), and the fragments; Failure when
+        a fragment failed that nothing may stand in for."""
+        parts = self.parts(page)
+        page_url = self._url(environ, route)
+        chain = environ.get(CHAIN, ()) + (page_url,)
+        urls = [url for url in (esi.resolve(page_url, include.src) for include in esi.includes(parts))
+                if url is not None and url not in chain]
+        cached = self._cached(environ, urls, prefetched)
+        route.fragments = tuple(key for key, _ in cached.values())  # read with the page next time
+        deadline = time.monotonic() + self.timeout
+        pending: Dict[str, Future] = {}
+        if len(chain) == 1:  # the page itself: its sub-requests at once, on the pool
+            for url in urls:
+                if url not in cached and url not in pending:
+                    pending[url] = self._pool_of().submit(self._sub_request, environ, url, chain)
+        fragments: List[Fragment] = []
+
+        def fetch(url: str) -> esi.Fetched:
+            if url in chain:
+                return esi.Fetched(False, (), Fragment(url, "loop", 0, False))
+            if url in cached:
+                fetched = self._from_cache(environ, route, url, cached[url][1], chain)
+            elif url in pending:
+                fetched = self._wait(url, pending[url], deadline)
+            else:
+                fetched = self._sub_request(environ, url, chain)
+            fragments.append(fetched.info)
+            return fetched
+
+        try:
+            body, _ = esi.assemble(parts, page_url, fetch, 1 if len(chain) <= self.depth else 0)
+        except esi.FragmentFailed as failed:
+            raise Failure(f"{page_url}: fragment {failed.include.src} failed ({fragments})") from None
+        finally:
+            for future in pending.values():
+                future.cancel()
+        return self._headers(page.headers, body, fragments), body, fragments
+
+    def _cached(self, environ: Dict, urls: List[str], prefetched: Optional[Dict[str, Any]]
+                ) -> Dict[str, Tuple[str, Any]]:
+        """The fragments that may be served straight from the cache, read in
+        one round trip (or found among ``prefetched``): url -> (key, entry)."""
+        middleware = self.middleware
+        keys: Dict[str, str] = {}
+        for url in urls:
+            route = middleware.routes[self._request_url(environ, url)]
+            if route.cacheable:
+                keys[url] = route.key
+        if not keys:
+            return {}
+        found = dict(prefetched or {})
+        wanted = [key for key in keys.values() if key not in found]
+        if wanted:
+            found.update(middleware.store.load_many(wanted))
+        now = middleware.clock()
+        personal = http.bypass_reason(self._sub_environ(environ, urls[0], ()), middleware.bypass_cookies)
+        usable = {}
+        for url, key in keys.items():
+            entry = found.get(key)
+            if type(entry) is not Page or now - entry.stored >= entry.ttl or not middleware._unpurged(entry, now):
+                continue
+            if personal is not None and not (personal == "cookie" and SHARED in entry.flags):
+                continue
+            usable[url] = (key, entry)
+        return usable
+
+    def _from_cache(self, environ: Dict, route: Any, url: str, entry: Page, chain: Tuple[str, ...]) -> esi.Fetched:
+        middleware = self.middleware
+        middleware.stats.incr("hits", 1, middleware.routes[self._request_url(environ, url)].index)
+        if ESI in entry.flags:
+            try:
+                sub = self._sub_environ(environ, url, chain)
+                _, body, inner = self.assemble(sub, middleware.routes[self._request_url(environ, url)], entry)
+            except Failure:
+                return esi.Fetched(False, (), Fragment(url, "HIT", 500, False))
+            personal = any(fragment.personal for fragment in inner)
+            return esi.Fetched(True, (body,), Fragment(url, "HIT", 200, personal,
+                                                       [c for f in inner for c in f.cookies]))
+        representation = middleware.compression.representation(entry, None) if entry.encoding else \
+            (entry.headers, entry.body)
+        if representation is None:
+            return esi.Fetched(False, (), Fragment(url, "HIT", 500, False))
+        return esi.Fetched(True, (representation[1],), Fragment(url, "HIT", http.status_code(entry.status), False))
+
+    def _wait(self, url: str, future: Future, deadline: float) -> esi.Fetched:
+        try:
+            return future.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            log.warning("ESI fragment %s: no answer within esi_timeout (%gs)", url, self.timeout)
+            return esi.Fetched(False, (), Fragment(url, "timeout", 0, True))
+
+    def _sub_request(self, environ: Dict, url: str, chain: Tuple[str, ...]) -> esi.Fetched:
+        """The fragment at ``url`` through pagecache, for the client of ``environ``."""
+        middleware = self.middleware
+        sub = self._sub_environ(environ, url, chain)
+        try:
+            captured = capture(middleware, sub, middleware.max_entry_size)
+        except Exception:
+            log.error("ESI fragment %s raised", url, exc_info=True)
+            return esi.Fetched(False, (), Fragment(url, "error", 500, True))
+        try:
+            code = http.status_code(captured.status)
+            headers = captured.headers
+            label = next((value for name, value in headers if name.lower() == "x-cache"), "")
+            status_line = next((value for name, value in headers if name.lower() == "cache-status"), "")
+            control = ",".join(value for name, value in headers if name.lower() == "cache-control").lower()
+            shared = ("; hit" in status_line or "stored" in status_line) and "private" not in control
+            cookies = http.set_cookies(headers)
+            fragment = Fragment(url, label, code, not shared or bool(cookies), cookies)
+            if not captured.complete or not 200 <= code < 300:
+                return esi.Fetched(False, (), fragment)
+            return esi.Fetched(True, (captured.body,), fragment)
+        finally:
+            captured.close()
+
+    def _sub_environ(self, environ: Dict, url: str, chain: Tuple[str, ...]) -> Dict:
+        """A GET of ``url`` made from the client's request (its cookies and
+        credentials, for personal fragments), without body or validators."""
+        sub = {name: value for name, value in environ.items() if name not in SUB_REQUEST_REMOVED}
+        path, query = self._path_of(environ, url)
+        sub.update({"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+                    "CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO(b""), "HTTP_ACCEPT_ENCODING": "identity",
+                    CHAIN: chain})
+        return sub
+
+    @staticmethod
+    def _path_of(environ: Dict, url: str) -> Tuple[str, str]:
+        parts = urlsplit(url)
+        path = unquote(parts.path, "latin-1")
+        script = environ.get("SCRIPT_NAME", "")
+        if script and path.startswith(script):
+            path = path[len(script):]
+        return path, parts.query
+
+    def _request_url(self, environ: Dict, url: str) -> tuple:
+        path, query = self._path_of(environ, url)
+        return (path, query, environ.get("HTTP_HOST", ""), environ.get("SCRIPT_NAME", ""),
+                environ.get("wsgi.url_scheme", "http"))
+
+    @staticmethod
+    def _url(environ: Dict, route: Any) -> str:
+        scheme = environ.get("wsgi.url_scheme", "http")
+        host = route.host or environ.get("HTTP_HOST", "")
+        query = environ.get("QUERY_STRING", "")
+        return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}" + \
+            (f"?{query}" if query else "")
+
+    @staticmethod
+    def _headers(stored: Headers, body: bytes, fragments: List[Fragment]) -> Headers:
+        personal = any(fragment.personal for fragment in fragments)
+        dropped = {"content-length", "etag", "last-modified"} | ({"cache-control"} if personal else set())
+        headers = [(name, value) for name, value in stored if name.lower() not in dropped]
+        if personal:
+            headers.append(PERSONAL_CONTROL)
+        headers += [cookie for fragment in fragments for cookie in fragment.cookies]
+        headers += [("Content-Length", str(len(body))), ("ETag", http.make_etag(body))]
+        return headers
+
+    def _pool_of(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pagecache-esi")
+        return self._pool
