@@ -97,7 +97,7 @@ def machine() -> str:
 @contextlib.contextmanager
 def memcached(memory_mb: int = 64) -> Iterator[MemcachedServer]:
     """A real memcached on a free loopback port for the duration of the block."""
-    server = MemcachedServer(memory_mb=memory_mb).start()
+    server = MemcachedServer(memory_mb=memory_mb, lru_maintainer=True).start()  # as deployed
     try:
         yield server
     finally:

@@ -204,7 +204,7 @@ def rebuilt_after(deployment: Deployment, since: float) -> Callable[[str], bool]
 
 
 def run(options: argparse.Namespace) -> List[Result]:
-    memcached = [MemcachedServer().start(), MemcachedServer().start()]
+    memcached = [MemcachedServer(lru_maintainer=True).start(), MemcachedServer(lru_maintainer=True).start()]
     try:
         app = SlowApp(options.render_ms / 1000.0, options.slots)
         threads = options.clients  # every client gets a server thread at once

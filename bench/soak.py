@@ -255,7 +255,7 @@ def rss_kb(pid: int) -> int:
 
 def soak(library: str, seconds: float, clients: int, interval: float) -> Dict:
     """Drive one server for ``seconds`` with ``library``; what was seen."""
-    servers = [MemcachedServer().start(), MemcachedServer().start()]
+    servers = [MemcachedServer(lru_maintainer=True).start(), MemcachedServer(lru_maintainer=True).start()]
     directory = tempfile.mkdtemp(prefix="pagecache-soak-")
     ini_path = os.path.join(directory, "soak.ini")
     with open(ini_path, "w") as f:

@@ -55,6 +55,10 @@ class Captured:
             self._client_write = start_response(self.status, headers + list(extra_headers), self.exc_info)
             self._client_start = start_response
             self.sent = True
+            if self.complete:  # all of it is here: as one list, so the server can say its length
+                body = self.body
+                self.close()
+                return [body]
         return _Relay(self)
 
 

@@ -32,6 +32,7 @@ from .entry import GENERATED_ETAG, Headers, Page
 from .http import make_etag
 
 Representation = Tuple[Headers, bytes]
+REPS = 64  # distinct Accept-Encoding values whose representation a page remembers
 
 
 class Compression:
@@ -95,17 +96,24 @@ class Compression:
     @staticmethod
     def representation(page: Page, accept_encoding: Optional[str]) -> Optional[Representation]:
         """The headers and body for a client sending ``accept_encoding``, or
-        None when the stored bytes don't decode (the entry is garbage)."""
+        None when the stored bytes don't decode (the entry is garbage). Worked
+        out once per page and header value (up to :data:`REPS` values)."""
+        found = page.reps.get(accept_encoding)
+        if found is not None:
+            return found
         coding = encoding.choose(page.encoding, encoding.accepted_memo(accept_encoding), (page.encoding,))
         memo = page.memo()
-        found = memo.get(coding)
+        found = memo.get(("representation", coding))
         if found is None:
             try:
                 body = page.body if coding == page.encoding else \
                     encoding.decompress(page.body, page.encoding, page.identity_length)
             except encoding.CodingError:
                 return None
-            found = memo[coding] = (encoding.representation_headers(page.headers, coding, len(body)), body)
+            found = memo[("representation", coding)] = (
+                encoding.representation_headers(page.headers, coding, len(body)), body)
+        if len(page.reps) < REPS:
+            page.reps[accept_encoding] = found
         return found
 
 

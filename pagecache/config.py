@@ -16,6 +16,7 @@ import re
 from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 
+from . import encoding
 from .encoding import DEFAULT_TYPES
 
 
@@ -202,6 +203,14 @@ def directory(value: Any) -> str:
     return text
 
 
+def compression_mode(value: Any) -> str:
+    """gzip, br (with the brotli package, 1.2 or newer) or off."""
+    mode = one_of("gzip", "br", "off")(value)
+    if mode == "br" and not encoding.BROTLI:
+        raise ValueError("br needs the brotli package, 1.2 or newer (pip install 'pagecache[brotli]')")
+    return mode
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     """A converter accepting exactly one of ``choices``."""
     def convert(value: Any) -> str:
@@ -243,7 +252,7 @@ OPTIONS: Dict[str, Option] = {
                              "response statuses that may be stored"),
     "negative_ttl": Option(duration, 10.0, "longest life of a stored 404 or 410 (when cache_statuses lists them)"),
     "max_entry_size": Option(size, 1000 << 10, "largest body stored; larger ones stream through"),
-    "compression": Option(one_of("gzip", "br", "off"), "gzip",
+    "compression": Option(compression_mode, "gzip",
                           "how compressible pages are stored: gzip, br (needs brotli) or off"),
     "compress_min_size": Option(size, 1 << 10, "smallest body worth storing compressed"),
     "compress_types": Option(words, DEFAULT_TYPES, "content types stored compressed (text/*, application/*+json ...)"),

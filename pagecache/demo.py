@@ -14,7 +14,25 @@ and grace (an expired page: one MISS rebuilds it, the others get STALE).
 Pages: ``/``, ``/news``, ``/private`` (``Cache-Control: private``: never
 stored), ``/uncached/`` (a ``pass`` rule in development.ini) and ``/burst``
 (the burst's target). Anything else, ``/favicon.ico`` included, is a quick
-404. The demo sets no cookies.
+404. The pages set no cookies.
+
+Each page greets its visitor by the name they chose (a small form that sends
+``GET /_demo/name?name=...&back=<page>``, which sets the cookie ``demo_name``
+and redirects back: a GET, as a language switcher is, because nothing changes
+on the server; a POST's success would make pagecache invalidate the page its
+redirect leads to, a render for everybody), and a request with a cookie may
+not be given a page meant for everybody: so the
+cached pages are shared Edge Side Includes pages. When pagecache renders one
+for the cache (its request says ``Surrogate-Capability: ...ESI/1.0``), the
+page says ``Cache-Control: public`` and ``Surrogate-Control:
+content="ESI/1.0"``, and its greeting is a hole, ``<esi:include
+src="/_demo/greeting?back=..."/>``, which pagecache fills for each request
+from ``/_demo/greeting``, a fragment no rule caches, rendered in no time from
+the request's cookie. A visitor thus gets the page from the cache (the status
+box says HIT, the render time stays) with their own name in it. A request
+that no surrogate will process (``/private``, ``/uncached/``, the demo
+without pagecache) gets the greeting inline, as the Edge Architecture
+specification says an application should.
 """
 
 from __future__ import annotations
@@ -24,12 +42,21 @@ import itertools
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, NamedTuple, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from urllib.parse import parse_qs, quote, unquote
 
 Headers = List[Tuple[str, str]]
 
 #: The dashboard (pagecache's stats_path in development.ini).
 DASHBOARD = "/_pagecache/stats"
+
+#: The personal greeting fragment, and where its form sets the visitor's name.
+GREETING = "/_demo/greeting"
+NAME_FORM = "/_demo/name"
+#: The cookie holding the name, and the longest name kept.
+NAME_COOKIE = "demo_name"
+NAME_MAX = 40
+ESI_MARKER = ("Surrogate-Control", 'content="ESI/1.0"')
 
 
 class DemoPage(NamedTuple):
@@ -46,7 +73,9 @@ PAGES: Dict[str, DemoPage] = {
         "application rendered it. Reloads within 5 seconds are <b>HIT</b>s: the render time below stays, "
         "the status box shows the page's age and counts down the time it has left. Then press "
         "<b>Send a burst</b>: eight requests at once for a page nobody has asked for yet get one MISS (one "
-        "render) and seven HITs (they waited for it). The dashboard shows the counters as they move."),
+        "render) and seven HITs (they waited for it). The dashboard shows the counters as they move. Give the "
+        "demo your name above and reload: still a <b>HIT</b>, the same render, with your name in it (the "
+        "greeting is an ESI fragment, rendered for each request; the page around it comes from the cache)."),
     "/news": DemoPage(
         "News", "cached 10 s, then a minute of grace",
         "This page is fresh for 10 seconds, then has a minute of grace. Reload within 10 s: <b>HIT</b>. "
@@ -99,6 +128,13 @@ h2 { font-size: 15px; margin: 0 0 8px; text-transform: uppercase; letter-spacing
 .note { margin: 0; color: var(--muted); font-size: 14px; }
 .rendered { font-size: 14px; color: var(--muted); }
 .greeting:empty { display: none; }
+.greeting { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 18px; background: var(--card);
+  border: 1px solid var(--line); border-left: 4px solid var(--hit); border-radius: 8px; padding: 10px 16px;
+  margin: 14px 0; }
+.greeting p { margin: 0; flex: 1 1 320px; } .greeting form { display: flex; gap: 8px; align-items: center; margin: 0; }
+.greeting input[type=text] { font: inherit; padding: 5px 8px; border: 1px solid var(--line); border-radius: 6px;
+  width: 11em; }
+.greeting .forget { background: transparent; color: var(--miss); }
 fieldset { border: 0; padding: 0; margin: 0 0 10px; } fieldset label { display: block; }
 button { font: inherit; padding: 6px 16px; border-radius: 6px; border: 1px solid var(--miss);
   background: var(--miss); color: #fff; cursor: pointer; } button:disabled { opacity: .6; cursor: wait; }
@@ -246,8 +282,55 @@ def _nav(path: str) -> str:
     return "<nav>" + "".join(links) + "</nav>"
 
 
-def render(path: str, page: DemoPage, rendered: str, pid: int, number: int, delay: float) -> bytes:
-    """The HTML of a demo page."""
+def visitor_name(environ: Dict) -> str:
+    """The name the visitor chose (the ``demo_name`` cookie), or ``""``."""
+    for pair in environ.get("HTTP_COOKIE", "").replace(",", ";").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == NAME_COOKIE:
+            return clean_name(unquote(value.strip().strip('"'), errors="replace"))
+    return ""
+
+
+def clean_name(name: str) -> str:
+    """A name as the demo keeps it: printable, spaces collapsed, at most NAME_MAX characters."""
+    return " ".join("".join(c if c.isprintable() else " " for c in name).split())[:NAME_MAX]
+
+
+def back_to(path: Optional[str]) -> str:
+    """The demo page to go back to after the name form: a known page, else the front page."""
+    return path if path in PAGES else "/"
+
+
+def greeting(name: str, back: str, inline: bool = False) -> str:
+    """The visitor's greeting and the form that changes their name (HTML);
+    ``inline``: in a page rendered for this request alone, not as a fragment."""
+    back_field = f'<input type="hidden" name="back" value="{html.escape(back_to(back))}">'
+    if name:
+        how = ("This page was rendered for you alone, greeting included." if inline else
+               "This line is a fragment rendered for you on every load, in a page that may come from the cache.")
+        hello = f'<p id="hello">Hello, <b id="visitor-name">{html.escape(name)}</b>! {how}</p>'
+        button, forget = "Change name", (f'<form method="get" action="{NAME_FORM}">{back_field}'
+                                         f'<input type="hidden" name="name" value="">'
+                                         f'<button type="submit" class="forget">Forget me</button></form>')
+    else:
+        hello = ('<p id="hello">Hello, stranger! Tell the demo your name: every page then greets you by it '
+                 '(a cookie), and still comes from the cache.</p>')
+        button, forget = "Greet me", ""
+    return (f'{hello}<form method="get" action="{NAME_FORM}">{back_field}'
+            f'<label for="name-input">Your name</label>'
+            f'<input type="text" id="name-input" name="name" value="{html.escape(name)}" maxlength="{NAME_MAX}" '
+            f'autocomplete="off"><button type="submit">{button}</button></form>{forget}')
+
+
+def greeting_include(path: str) -> str:
+    """The hole pagecache fills with the visitor's greeting (ESI)."""
+    return f'<esi:include src="{GREETING}?back={quote(back_to(path), safe="/")}"/>'
+
+
+def render(path: str, page: DemoPage, rendered: str, pid: int, number: int, delay: float,
+           personal: str = "") -> bytes:
+    """The HTML of a demo page; ``personal`` is what the greeting holds (HTML:
+    the greeting itself, or an ESI include of it)."""
     this_page = html.escape(path)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -260,7 +343,7 @@ def render(path: str, page: DemoPage, rendered: str, pid: int, number: int, dela
 <main>
 <h1>{html.escape(page.title)}</h1>
 <p class="rule">{html.escape(path)}: {html.escape(page.rule)}.</p>
-<div id="greeting" class="greeting"></div>
+<div id="greeting" class="greeting">{personal}</div>
 <section aria-labelledby="status-title"><h2 id="status-title">This page load</h2>
 <div class="status" id="cache-status" aria-live="polite">
 <div class="label" id="cache-label">unknown</div>
@@ -306,6 +389,10 @@ class DemoApp:
     def __call__(self, environ: Dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
+        if path == GREETING:
+            return self.serve_greeting(environ, start_response, method)
+        if path == NAME_FORM:
+            return self.serve_name_form(environ, start_response, method)
         page = PAGES.get(path)
         if page is None:
             return self._answer(start_response, "404 Not Found", NOT_FOUND, method)
@@ -315,9 +402,45 @@ class DemoApp:
         with self._lock:
             number = next(self._count)
         self.pause(path)
-        body = render(path, page, time.strftime("%H:%M:%S"), os.getpid(), number, self.delay)
-        headers = [("Cache-Control", "private")] if page.private else []
+        headers: List[Tuple[str, str]] = [("Cache-Control", "private")] if page.private else []
+        if not page.private and "ESI/1.0" in environ.get("HTTP_SURROGATE_CAPABILITY", ""):
+            # rendered for a cache that fills the greeting in for each request: one page for everybody
+            personal = greeting_include(path)
+            headers += [("Cache-Control", "public"), ESI_MARKER]
+        else:
+            name = visitor_name(environ)
+            personal = greeting(name, path, inline=True)
+            if name and not page.private:
+                headers.append(("Cache-Control", "private"))  # it holds the visitor's name
+        body = render(path, page, time.strftime("%H:%M:%S"), os.getpid(), number, self.delay, personal)
         return self._answer(start_response, "200 OK", body, method, headers)
+
+    def serve_greeting(self, environ: Dict, start_response: Callable, method: str) -> Iterable[bytes]:
+        """``GET /_demo/greeting?back=<page>``: the visitor's greeting (a fragment, rendered at once)."""
+        if method not in ("GET", "HEAD"):
+            return self._answer(start_response, "405 Method Not Allowed", b"GET or HEAD\n", method,
+                                [("Allow", "GET, HEAD")], "text/plain; charset=utf-8")
+        back = parse_qs(environ.get("QUERY_STRING", "")).get("back", ["/"])[0]
+        body = greeting(visitor_name(environ), back).encode("utf-8")
+        return self._answer(start_response, "200 OK", body, method, [("Cache-Control", "private")])
+
+    def serve_name_form(self, environ: Dict, start_response: Callable, method: str) -> Iterable[bytes]:
+        """``GET /_demo/name?name=...&back=<page>``: sets (or, empty, forgets) the
+        visitor's name, then sends them back to the page they were on."""
+        if method not in ("GET", "HEAD"):
+            return self._answer(start_response, "405 Method Not Allowed", b"GET or HEAD\n", method,
+                                [("Allow", "GET, HEAD")], "text/plain; charset=utf-8")
+        fields = parse_qs(environ.get("QUERY_STRING", ""))
+        name = clean_name(fields.get("name", [""])[0])
+        back = back_to(fields.get("back", ["/"])[0])
+        if name:
+            cookie = f"{NAME_COOKIE}={quote(name, safe='')}; Path=/; Max-Age=31536000; SameSite=Lax"
+        else:
+            cookie = f"{NAME_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax"
+        body = f"Back to {back}\n".encode("utf-8")
+        return self._answer(start_response, "303 See Other", body, method,
+                            [("Location", back), ("Set-Cookie", cookie), ("Cache-Control", "no-store")],
+                            "text/plain; charset=utf-8")
 
     @staticmethod
     def _answer(start_response: Callable, status: str, body: bytes, method: str, extra: Iterable[Tuple[str, str]] = (),

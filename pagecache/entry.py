@@ -91,16 +91,20 @@ class Page(_Value):
     again it is kept only to be revalidated. ``flags`` hold the letters of
     :data:`FLAGS`; ``encoding`` is the body's content coding (``""`` for
     identity) and ``identity_length`` its length decoded; ``tags`` are the
-    tags it was stored with."""
+    tags it was stored with; ``fetched`` is when pagecache asked the
+    application for it (no later than ``stored``'s, and what purges are
+    compared with: a page asked for before a purge is purged, however old the
+    answer said it was)."""
 
     FIELDS = ("status", "headers", "body", "stored", "ttl", "grace", "stale", "keep", "flags",
-              "encoding", "identity_length", "tags")
-    __slots__ = FIELDS + ("_age", "_timed", "_memo")
+              "encoding", "identity_length", "tags", "fetched")
+    __slots__ = FIELDS + ("_age", "_timed", "_memo", "reps")
 
     def __init__(self, status: str, headers: Headers, body: bytes,
                  stored: float, ttl: float, grace: float, stale: float = 0.0, *,
                  keep: float = 0.0, flags: str = "", encoding: str = "",
-                 identity_length: Optional[int] = None, tags: Tuple[str, ...] = ()):
+                 identity_length: Optional[int] = None, tags: Tuple[str, ...] = (),
+                 fetched: Optional[float] = None):
         self.status = status
         self.headers = headers
         self.body = body
@@ -113,9 +117,11 @@ class Page(_Value):
         self.encoding = encoding
         self.identity_length = len(body) if identity_length is None else identity_length
         self.tags = tags
+        self.fetched = stored if fetched is None else fetched
         self._age = (0.0, 0.0, ("Age", "0"))  # the last Age header and when it holds
         self._timed: tuple = (0.0, 0.0, None, None)  # the last timed() headers: from, until, builder, headers
         self._memo: Optional[dict] = None      # what delivery works out once per page
+        self.reps: dict = {}                   # Accept-Encoding -> (headers, body), worked out once per value
 
     def memo(self) -> dict:
         """A dict for what delivery works out once per stored page (not part of its value)."""
@@ -195,7 +201,7 @@ class Page(_Value):
     def to_bytes(self) -> bytes:
         head = "\n".join([self.status] + [f"{k}: {v}" for k, v in self.headers]).encode("latin-1")
         tags = " ".join(self.tags).encode("ascii")
-        line = (f"P {self.stored!r} {self.ttl!r} {self.grace!r} {self.stale!r} {self.keep!r} "
+        line = (f"P {self.stored!r} {self.ttl!r} {self.grace!r} {self.stale!r} {self.keep!r} {self.fetched!r} "
                 f"{self.flags or '-'} {self.encoding or '-'} {self.identity_length} "
                 f"{len(tags)} {len(head)} {len(self.body)}\n")
         return b"".join((MAGIC, line.encode("ascii"), tags, head, self.body))
@@ -263,7 +269,7 @@ def parse(value: object, never_sent: FrozenSet[str] = frozenset()) -> Optional[E
         newline = value.index(b"\n")
         fields = value[4:newline].split(b" ")
         kind = fields[0]
-        if kind == b"P" and len(fields) == 12:
+        if kind == b"P" and len(fields) == 13:
             return _parse_page(value, newline, fields, never_sent)
         if kind == b"V" and len(fields) == 5 and value.endswith(b"\n"):
             names = tuple(value[newline + 1:-1].decode("ascii").split(" "))
@@ -280,10 +286,10 @@ def parse(value: object, never_sent: FrozenSet[str] = frozenset()) -> Optional[E
 
 
 def _parse_page(value: bytes, newline: int, fields: List[bytes], never_sent: FrozenSet[str]) -> Optional[Page]:
-    flags, encoding = fields[6].decode("ascii"), fields[7].decode("ascii")
+    flags, encoding = fields[7].decode("ascii"), fields[8].decode("ascii")
     if not _FLAGS.match(flags) or not _ENCODING.match(encoding):
         return None
-    identity_length, tags_length, head_length, body_length = (_length(f) for f in fields[8:12])
+    identity_length, tags_length, head_length, body_length = (_length(f) for f in fields[9:13])
     start = newline + 1
     if len(value) != start + tags_length + head_length + body_length:
         return None
@@ -308,7 +314,8 @@ def _parse_page(value: bytes, newline: int, fields: List[bytes], never_sent: Fro
             return None  # a length that is not the body's would desynchronise the client
         headers.append((name, text))
     return Page(lines[0], headers, body, _number(fields[1]), _number(fields[2]), _number(fields[3]),
-                _number(fields[4]), keep=_number(fields[5]), flags="" if flags == "-" else flags,
+                _number(fields[4]), keep=_number(fields[5]), fetched=_number(fields[6]),
+                flags="" if flags == "-" else flags,
                 encoding="" if encoding == "-" else encoding, identity_length=identity_length, tags=tags)
 
 

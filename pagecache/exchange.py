@@ -41,7 +41,7 @@ class Exchange:
     """A request on its way through the flow."""
 
     __slots__ = ("environ", "start_response", "route", "started", "restarts",
-                 "digest", "marker", "fallback", "cached", "requested", "prefetched", "shared_only")
+                 "digest", "marker", "fallback", "cached", "requested", "prefetched", "shared_only", "too_large")
 
     def __init__(self, environ: Dict, start_response: StartResponse, route: Route,
                  started: float, restarts: int = 0):
@@ -57,6 +57,7 @@ class Exchange:
         self.requested = 0.0                  # when the application was asked (for the response's age)
         self.prefetched: Optional[Dict] = None  # entries read with the page's (its ESI fragments)
         self.shared_only = False              # it carries cookies: only a page shared with them may serve it
+        self.too_large = False                # the URL's last answer was too large even compressed
 
     @property
     def method(self) -> str:

@@ -71,11 +71,11 @@ def environ_key(header: str) -> str:
 class FillEnviron:
     """Makes the environ of a fill from a request's (see the module docstring)."""
 
-    def __init__(self, extra_headers: Iterable[str] = (), surrogate: str = "pagecache"):
+    def __init__(self, extra_headers: Iterable[str] = (), surrogate: str = "pagecache", esi: bool = True):
         self.removed = REMOVED | {environ_key(name) for name in extra_headers}
         # Edge Architecture: says what pagecache can do, and the name its
         # Surrogate-Control directives may be targeted at (max-age=60;pagecache)
-        self.capability = f'{surrogate}="Surrogate/1.0 ESI/1.0"'
+        self.capability = f'{surrogate}="Surrogate/1.0{" ESI/1.0" if esi else ""}"'
 
     def __call__(self, environ: Dict, host: str, query: str, background: bool = False,
                  conditional: Optional[Dict[str, str]] = None, accept_encoding: Optional[str] = None) -> Dict:

@@ -10,10 +10,13 @@ fragment has its own rule, lifetime, grace, tags and coalescing, and a
 personal fragment (one no rule caches, or whose request bypasses: the
 user's cookies, ``Authorization``) is rendered by the application for that
 user. The cached fragments of a page are read in one ``get_multi``, which
-the page's own ``get`` joins once the page is known to have them.
-Sub-requests for the others run on a small pool of threads, so a page's
-personal fragments render at once and one that hangs is given up after
-``esi_timeout``.
+the page's own ``get`` joins once the page is known to have them; when they
+all come from there, the assembled page is remembered per process for as
+long as the page and its fragments are the ones read. The others are
+sub-requests, each on a thread of its own (at most ``esi_workers`` at once
+per process; beyond, in the request's thread), so a page's personal
+fragments render at once and one that hangs is given up after
+``esi_timeout`` without holding up other pages.
 
 A fragment that fails (raises, times out, answers 4xx or 5xx) gives its
 ``alt``, or nothing with ``onerror="continue"``, or else the whole page
@@ -33,9 +36,9 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from . import esi, http
@@ -48,7 +51,7 @@ CHAIN = "pagecache.esi"  # environ key: the URLs of the pages being assembled ar
 PERSONAL_CONTROL = ("Cache-Control", "private, no-cache")
 SUB_REQUEST_REMOVED = ("CONTENT_TYPE", "HTTP_TRANSFER_ENCODING", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
                        "HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE", "HTTP_RANGE", "pagecache")
-_OWN_LABELS = ("x-cache", "cache-status", "age", "server-timing")
+PERSONAL = ("REQUEST_METHOD", "HTTP_AUTHORIZATION", "REMOTE_USER", "HTTP_COOKIE")
 
 
 class Fragment:
@@ -67,6 +70,23 @@ class Failure(Exception):
     """A fragment failed with neither alt nor onerror="continue"."""
 
 
+class Pending:
+    """A sub-request running on a thread of its own."""
+
+    def __init__(self, work: Callable[[], esi.Fetched], done: Callable[[], None]):
+        self.result: Optional[esi.Fetched] = None
+        self.finished = threading.Event()
+        self._work, self._done = work, done
+        threading.Thread(target=self._run, name="pagecache-esi", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._work()
+        finally:
+            self.finished.set()
+            self._done()
+
+
 class Fragments:
     """The ESI delivery of one middleware."""
 
@@ -75,7 +95,7 @@ class Fragments:
         self.depth = depth
         self.timeout = timeout
         self.workers = workers
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._threads = threading.BoundedSemaphore(workers)
 
     # -- at store time -------------------------------------------------------
 
@@ -105,14 +125,26 @@ class Fragments:
         chain = environ.get(CHAIN, ()) + (page_url,)
         urls = [url for url in (esi.resolve(page_url, include.src) for include in esi.includes(parts))
                 if url is not None and url not in chain]
-        cached = self._cached(environ, urls, prefetched)
-        route.fragments = tuple(key for key, _ in cached.values())  # read with the page next time
+        keys, cached = self._cached(environ, urls, prefetched)
+        route.fragments = tuple(keys.values())  # read with the page next time
+        # the page itself (not a fragment), all its fragments from the cache and none with includes of its
+        # own: the same entries make the same page
+        top = len(chain) == 1 and urls and len(cached) == len(urls) and not any(
+            ESI in entry.flags for _, entry in cached.values())
+        if top:
+            memo = page.memo()
+            found = memo.get("assembled")
+            entries = tuple(entry for _, entry in cached.values())
+            if found is not None and len(found[0]) == len(entries) and all(
+                    a is b for a, b in zip(found[0], entries)):
+                return found[1], found[2], found[3]
         deadline = time.monotonic() + self.timeout
-        pending: Dict[str, Future] = {}
-        if len(chain) == 1:  # the page itself: its sub-requests at once, on the pool
+        pending: Dict[str, Pending] = {}
+        if len(chain) == 1:  # the page itself: its sub-requests at once, each on a thread
             for url in urls:
-                if url not in cached and url not in pending:
-                    pending[url] = self._pool_of().submit(self._sub_request, environ, url, chain)
+                if url not in cached and url not in pending and self._threads.acquire(blocking=False):
+                    pending[url] = Pending(lambda url=url: self._sub_request(environ, url, chain),
+                                           self._threads.release)
         fragments: List[Fragment] = []
 
         def fetch(url: str) -> esi.Fetched:
@@ -130,16 +162,24 @@ class Fragments:
         try:
             body, _ = esi.assemble(parts, page_url, fetch, 1 if len(chain) <= self.depth else 0)
         except esi.FragmentFailed as failed:
-            raise Failure(f"{page_url}: fragment {failed.include.src} failed ({fragments})") from None
-        finally:
-            for future in pending.values():
-                future.cancel()
-        return self._headers(page.headers, body, fragments), body, fragments
+            raise Failure(f"fragment {failed.include.src} failed ({fragments})") from None
+        headers = self._headers(page.headers, body, fragments)
+        if top and not any(fragment.personal for fragment in fragments):
+            page.memo()["assembled"] = (tuple(entry for _, entry in cached.values()), headers, body, fragments)
+        return headers, body, fragments
+
+    def assemble_answer(self, environ: Dict, route: Any, status: str, headers: Headers,
+                        body: bytes) -> Tuple[Headers, bytes, List[Fragment]]:
+        """:meth:`assemble` for a response that is not stored (parsed for this
+        request alone)."""
+        page = Page(status, headers, self.prepare(body), 0.0, 0.0, 0.0, flags=ESI)
+        return self.assemble(environ, route, page)
 
     def _cached(self, environ: Dict, urls: List[str], prefetched: Optional[Dict[str, Any]]
-                ) -> Dict[str, Tuple[str, Any]]:
-        """The fragments that may be served straight from the cache, read in
-        one round trip (or found among ``prefetched``): url -> (key, entry)."""
+                ) -> Tuple[Dict[str, str], Dict[str, Tuple[str, Any]]]:
+        """The keys of the fragments a rule caches (url -> key), and those that
+        may be served straight from the cache to this request, read in one
+        round trip (or found among ``prefetched``): url -> (key, entry)."""
         middleware = self.middleware
         keys: Dict[str, str] = {}
         for url in urls:
@@ -147,13 +187,14 @@ class Fragments:
             if route.cacheable:
                 keys[url] = route.key
         if not keys:
-            return {}
+            return keys, {}
         found = dict(prefetched or {})
         wanted = [key for key in keys.values() if key not in found]
         if wanted:
             found.update(middleware.store.load_many(wanted))
         now = middleware.clock()
-        personal = http.bypass_reason(self._sub_environ(environ, urls[0], ()), middleware.bypass_cookies)
+        personal = http.bypass_reason({name: environ.get(name) for name in PERSONAL if name in environ},
+                                      middleware.bypass_cookies)
         usable = {}
         for url, key in keys.items():
             entry = found.get(key)
@@ -162,7 +203,7 @@ class Fragments:
             if personal is not None and not (personal == "cookie" and SHARED in entry.flags):
                 continue
             usable[url] = (key, entry)
-        return usable
+        return keys, usable
 
     def _from_cache(self, environ: Dict, route: Any, url: str, entry: Page, chain: Tuple[str, ...]) -> esi.Fetched:
         middleware = self.middleware
@@ -182,12 +223,11 @@ class Fragments:
             return esi.Fetched(False, (), Fragment(url, "HIT", 500, False))
         return esi.Fetched(True, (representation[1],), Fragment(url, "HIT", http.status_code(entry.status), False))
 
-    def _wait(self, url: str, future: Future, deadline: float) -> esi.Fetched:
-        try:
-            return future.result(max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
+    def _wait(self, url: str, pending: Pending, deadline: float) -> esi.Fetched:
+        if not pending.finished.wait(max(0.0, deadline - time.monotonic())) or pending.result is None:
             log.warning("ESI fragment %s: no answer within esi_timeout (%gs)", url, self.timeout)
             return esi.Fetched(False, (), Fragment(url, "timeout", 0, True))
+        return pending.result
 
     def _sub_request(self, environ: Dict, url: str, chain: Tuple[str, ...]) -> esi.Fetched:
         """The fragment at ``url`` through pagecache, for the client of ``environ``."""
@@ -256,7 +296,3 @@ class Fragments:
         headers += [("Content-Length", str(len(body))), ("ETag", http.make_etag(body))]
         return headers
 
-    def _pool_of(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pagecache-esi")
-        return self._pool

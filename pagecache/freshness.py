@@ -137,6 +137,7 @@ class Decision(NamedTuple):
     flags: str = ""
     dropped: FrozenSet[str] = frozenset()  # headers that may not be stored (no-cache="a", private="a")
     explicit: bool = False           # the response gave its own lifetime
+    fetched: float = 0.0             # when the application was asked for it (purges are compared with it)
 
 
 class Rule(NamedTuple):
@@ -178,11 +179,11 @@ class Policy:
         if code in NEVER_STORED_STATUSES or code < 200:
             return Decision(f"status {code}")
         if not self.honour or rule.force:
-            return self._by_rule(code, control, surrogate, rule, received, values)
+            return self._by_rule(code, control, surrogate, rule, requested, received, values)
         return self._by_response(code, control, surrogate, rule, requested, received, values)
 
-    def _by_rule(self, code: int, control: Dict, surrogate: Dict, rule: Rule, received: float,
-                 values: Dict[str, List[str]]) -> Decision:
+    def _by_rule(self, code: int, control: Dict, surrogate: Dict, rule: Rule, requested: float,
+                 received: float, values: Dict[str, List[str]]) -> Decision:
         """0.1's policy: the rule's lifetimes; no-cache is not stored at all."""
         if "no-cache" in control and control["no-cache"] is None:
             return Decision("Cache-Control: no-cache")
@@ -194,7 +195,7 @@ class Policy:
         if ttl <= 0 and grace <= 0:
             return Decision("the rule gives no lifetime")
         return Decision(None, received, ttl, grace, stale, 0.0, _flags(values, control, surrogate, rule),
-                        _dropped(control))
+                        _dropped(control), fetched=min(requested, received))
 
     def _by_response(self, code: int, control: Dict, surrogate: Dict, rule: Rule, requested: float,
                      received: float, values: Dict[str, List[str]]) -> Decision:
@@ -227,7 +228,8 @@ class Policy:
         if born + ttl + grace + stale + keep <= received:
             return Decision("stale on arrival, without a validator to revalidate it" if explicit
                             else "no lifetime: the response gives none and the rule gives none")
-        return Decision(None, born, ttl, grace, stale, keep, flags, _dropped(control), explicit)
+        return Decision(None, born, ttl, grace, stale, keep, flags, _dropped(control), explicit,
+                        min(requested, received))
 
 
 def _values(headers: Headers) -> Dict[str, List[str]]:

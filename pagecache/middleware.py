@@ -26,7 +26,7 @@ from .entry import ERROR_ONLY, ESI, FRESH, GENERATED_ETAG, GRACE, SHARED, Page, 
 from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
 from .failures import FailureLog
 from .fill import FillEnviron
-from .fragments import Fragments
+from .fragments import Failure as FragmentFailure, Fragments
 from .keys import Keys, request_url
 from .labels import Labels
 from .local import LocalTier
@@ -45,6 +45,7 @@ HIT, STALE, MISS, BYPASS = Label.HIT, Label.STALE, Label.MISS, Label.BYPASS
 POLL_FIRST, POLL_MAX = 0.005, 0.05  # seconds between looks at memcached while waiting
 MAX_RESTARTS = 2
 ERROR_PASS_TTL = 1.0  # seconds a URL that answered 5xx (with no stale copy) skips the lock
+TOO_LARGE = "larger than max_entry_size"  # a pass marker's reason: don't buffer the next one to compress it
 
 StartResponse = Callable[..., Any]
 Rebuilt = Union[Stored, NotStored, Failed]
@@ -120,14 +121,11 @@ class PageCacheMiddleware:
         self.bypass_cookies = frozenset(settings["bypass_cookies"])
         self.store_cookies = settings["cookie_responses"] == "strip"
         name = settings["cache_status"] or "pagecache"
-        self.fill_environ = FillEnviron(settings["strip_request_headers"], surrogate=name)
+        self.fill_environ = FillEnviron(settings["strip_request_headers"], surrogate=name, esi=settings["esi"])
         self.policy = freshness.Policy(settings["cache_statuses"], settings["negative_ttl"],
                                        honour=settings["response_freshness"] == "honour", target=name)
         self._defaults = {rule: self._rule_defaults(rule) for rule in self.rules}
         self.max_entry_size = settings["max_entry_size"]
-        if settings["compression"] == "br" and not encoding.BROTLI:
-            raise ConfigError("option compression: br needs the brotli package, 1.2 or newer "
-                              "(pip install 'pagecache[brotli]')", "compression", "br")
         self.compression = Compression(settings["compression"], settings["compress_min_size"],
                                        settings["compress_types"], settings["compress_max_size"])
         self.esi = settings["esi"]
@@ -269,6 +267,7 @@ class PageCacheMiddleware:
             if state is ERROR_ONLY:
                 exchange.fallback = entry
         elif type(entry) is Pass:
+            exchange.too_large = entry.reason.startswith(TOO_LARGE)
             if exchange.method == "HEAD":
                 return self.to_app(exchange, MISS, "passes", "uncacheable lately: " + entry.reason)
             return self.fetch_uncoalesced(exchange, "uncacheable lately: " + entry.reason)
@@ -280,13 +279,13 @@ class PageCacheMiddleware:
         """Whether no purge of the page's tags (or of everything) came after it."""
         everything = self.tags.everything
         if not page.tags and everything[2] > now:
-            return page.stored >= everything[0] and page.stored >= everything[1]
-        return self.tags.purged_since(page.tags, page.stored, now) == (0.0, 0.0)
+            return page.fetched >= everything[0] and page.fetched >= everything[1]
+        return self.tags.purged_since(page.tags, page.fetched, now) == (0.0, 0.0)
 
     def _judged(self, page: Page, now: float) -> Optional[Page]:
         """``page`` as its tags' purges leave it: None after a hard purge, a
         copy whose TTL ended at the last soft purge, or the page itself."""
-        hard, soft = self.tags.purged_since(page.tags, page.stored, now)
+        hard, soft = self.tags.purged_since(page.tags, page.fetched, now)
         if hard:
             self.stats.incr("tag_invalidated")
             return None
@@ -302,7 +301,7 @@ class PageCacheMiddleware:
         exchange.digest = self.keys.variant(exchange.primary, marker.generation,
                                             http.variant_of(exchange.environ, marker.names))
         entry = self._load(self.keys.page(exchange.digest))
-        if type(entry) is Page and entry.stored < marker.purged:
+        if type(entry) is Page and entry.fetched < marker.purged:
             entry = entry.expired_at(marker.purged)
         return entry
 
@@ -310,7 +309,7 @@ class PageCacheMiddleware:
         """The page's TTL has run out: one request rebuilds it, the others get it stale."""
         token: LockAnswer = LOST
         if exchange.method != "HEAD":
-            token = self._lock(exchange, newer_than=stale.stored)
+            token = self._lock(exchange, newer_than=stale.fetched)
         if isinstance(token, Page):
             return self.deliver(exchange, token, HIT, now, "rebuilt meanwhile")
         if token is LOST:
@@ -397,7 +396,7 @@ class PageCacheMiddleware:
         rebuilt = self.fetch(exchange, None, exchange.start_response, count=False)
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, f"{why}; not stored: {rebuilt.reason}")
-            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden)
+            return self._respond(exchange, rebuilt.captured, MISS)
         return self._deliver_fetched(exchange, rebuilt)
 
     def _restart(self, exchange: Exchange) -> Iterable[bytes]:
@@ -420,7 +419,7 @@ class PageCacheMiddleware:
         captured, failure = self._call_app(exchange, exchange.environ, exchange.start_response, "computing")
         if captured is not None:
             self._decided(exchange, MISS, why)
-            return captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden)
+            return self._respond(exchange, captured, MISS)
         return self.deliver(exchange, exchange.fallback, STALE, self.clock(),
                             f"{why}; the application failed: {failure}")
 
@@ -434,7 +433,7 @@ class PageCacheMiddleware:
         if isinstance(token, bytes):
             entry = self.store.load(self.keys.page(exchange.digest))
             now = self.clock()
-            if type(entry) is Page and entry.stored > newer_than and entry.state(now) is FRESH \
+            if type(entry) is Page and entry.fetched > newer_than and entry.state(now) is FRESH \
                     and self._unpurged(entry, now):
                 self.store.unlock(lock_key, token)
                 return entry
@@ -484,7 +483,7 @@ class PageCacheMiddleware:
                     Served(STALE, fallback, self._variant(exchange.environ, fallback)))
         if type(rebuilt) is NotStored:
             self._decided(exchange, MISS, "not stored: " + rebuilt.reason)
-            return rebuilt.captured.respond(exchange.start_response, self.labels.forwarded(MISS), self._hidden), Signal.PASS
+            return self._respond(exchange, rebuilt.captured, MISS), Signal.PASS
         outcome = Served(HIT, rebuilt.page, self._variant(exchange.environ, rebuilt.page)) \
             if rebuilt.shared else Signal.PASS
         return self._deliver_fetched(exchange, rebuilt), outcome
@@ -520,6 +519,7 @@ class PageCacheMiddleware:
                                         self.compression.fill_accept_encoding
                                         or encoding.normalised_accept_encoding(
                                             exchange.environ.get("HTTP_ACCEPT_ENCODING")))
+            self.tags.start(self.clock())
             exchange.requested = self.clock()
             captured, failure = self._call_app(exchange, environ, start_response, "rebuilding")
             if captured is None:
@@ -551,7 +551,8 @@ class PageCacheMiddleware:
             start_response = self._labelled(start_response, MISS)
         called = time.perf_counter()
         try:
-            captured = capture(self.app, environ, self.max_entry_size, start_response, self._buffer_limit)
+            captured = capture(self.app, environ, self.max_entry_size, start_response,
+                               None if exchange.too_large else self._buffer_limit)
         except Exception as error:
             self.stats.observe("app_seconds", time.perf_counter() - called, exchange.route.index)
             self._count(exchange, "app_errors")
@@ -599,7 +600,7 @@ class PageCacheMiddleware:
         page = self._page(captured.status, captured.headers, body, decision)
         if type(page) is str:
             return self._not_stored(exchange, captured, page, received)
-        self.tags.ensure(page.tags, page.stored, received)
+        self.tags.ensure(page.tags, page.fetched, received)
         return self._stored(exchange, page, http.set_cookies(captured.headers), received)
 
     def _not_stored(self, exchange: Exchange, captured: Captured, reason: str, received: float) -> NotStored:
@@ -630,7 +631,8 @@ class PageCacheMiddleware:
             self.store.delete(self.keys.page(exchange.digest))
             return Stored(cached.replace(headers=headers), cookies, saved=False, shared=False, revalidated=True,
                           why=f"revalidated (304), not stored: {decision.reason}")
-        page = cached.replace(headers=headers, stored=decision.stored, ttl=decision.ttl, grace=decision.grace,
+        page = cached.replace(headers=headers, stored=decision.stored, fetched=decision.fetched,
+                              ttl=decision.ttl, grace=decision.grace,
                               stale=decision.stale, keep=decision.keep,
                               flags=decision.flags + (GENERATED_ETAG if cached.has(GENERATED_ETAG) else ""))
         return self._stored(exchange, page, cookies, received, revalidated=True)
@@ -647,12 +649,12 @@ class PageCacheMiddleware:
             return prepared
         kept, stored, coding, identity_length, flags = prepared
         if len(stored) > self.max_entry_size:
-            return "larger than max_entry_size" + (", even compressed" if coding else "")
+            return TOO_LARGE + (", even compressed" if coding else "")
         if coding and len(stored) < identity_length:
             self.stats.incr("compressed_bytes_saved", identity_length - len(stored))
         return Page(status, kept, stored, decision.stored, decision.ttl, decision.grace, decision.stale,
                     keep=decision.keep, flags=flags, encoding=coding, identity_length=identity_length,
-                    tags=self._tags_of(headers))
+                    tags=self._tags_of(headers), fetched=decision.fetched)
 
     def _esi_page(self, status: str, headers: http.Headers, body: bytes,
                   decision: freshness.Decision) -> Union[Page, str]:
@@ -670,7 +672,7 @@ class PageCacheMiddleware:
         kept, _ = http.headers_to_store(headers, None, self._dropped_headers + tuple(decision.dropped))
         kept = [(name, value) for name, value in kept if name.lower() not in ("content-length", "content-encoding")]
         return Page(status, kept, parts, decision.stored, decision.ttl, decision.grace, decision.stale,
-                    keep=decision.keep, flags=decision.flags, tags=self._tags_of(headers))
+                    keep=decision.keep, flags=decision.flags, tags=self._tags_of(headers), fetched=decision.fetched)
 
     def _tags_of(self, headers: http.Headers) -> Tuple[str, ...]:
         if not self.tag_header:
@@ -683,7 +685,7 @@ class PageCacheMiddleware:
             return "error response (start_response with exc_info)"
         if not captured.complete:
             if captured.size > self.max_entry_size:
-                return "larger than max_entry_size"
+                return TOO_LARGE
             return "body is not bytes"
         return http.unstorable_reason(captured.status, captured.headers, self.store_cookies)
 
@@ -756,7 +758,7 @@ class PageCacheMiddleware:
                 headers, body, fragments = self.fragments.assemble(environ, exchange.route, page,
                                                                    exchange.prefetched)
             except Exception as error:  # a fragment failed that nothing stands in for
-                log.error("%s: %s", admin.url_of(environ), error)
+                log.error("%s: %s", admin.url_of(environ), error, exc_info=not isinstance(error, FragmentFailure))
                 self.stats.incr("esi_failures", 1, exchange.route.index)
                 return admin.plain(exchange.start_response, "502 Bad Gateway",
                                    "a part of this page could not be made\n")
@@ -783,10 +785,39 @@ class PageCacheMiddleware:
         return [body]
 
     def to_app(self, exchange: Exchange, label: Label, counter: str, why: str) -> Iterable[bytes]:
-        """Let the application answer, its response labelled; counted and logged."""
+        """Let the application answer, its response labelled; counted and
+        logged. On a URL a rule caches, pagecache announces ESI and processes
+        it in the answer, so the response is held until complete (up to
+        max_entry_size; a longer one streams through as it is)."""
         self._count(exchange, counter)
         self._decided(exchange, label, why)
-        return self.app(exchange.environ, self._labelled(exchange.start_response, label))
+        environ = exchange.environ
+        if not (self.esi and exchange.route.cacheable):
+            return self.app(environ, self._labelled(exchange.start_response, label))
+        environ["HTTP_SURROGATE_CAPABILITY"] = self.fill_environ.capability
+        captured = capture(self.app, environ, self.max_entry_size, self._labelled(exchange.start_response, label))
+        return self._respond(exchange, captured, label)
+
+    def _respond(self, exchange: Exchange, captured: Captured, label: Label) -> Iterable[bytes]:
+        """Hand a response that is not stored to its client, labelled, without
+        what is meant for pagecache alone, its ESI (if it says it has some) processed."""
+        labels = self.labels.forwarded(label, "bypass" if label is BYPASS else "uri-miss")
+        if captured.complete and self.esi and freshness.esi_marked(
+                freshness.surrogate_directives([v for n, v in captured.headers if n.lower() == "surrogate-control"],
+                                               self.policy.target)):
+            body = captured.body
+            captured.close()
+            headers = [(name, value) for name, value in captured.headers if name.lower() not in self._hidden]
+            try:
+                headers, body, _ = self.fragments.assemble_answer(exchange.environ, exchange.route, captured.status,
+                                                                  headers, body)
+            except Exception as error:
+                log.error("%s: %s", admin.url_of(exchange.environ), error)
+                self.stats.incr("esi_failures", 1, exchange.route.index)
+                return admin.plain(exchange.start_response, "502 Bad Gateway", "a part of this page could not be made\n")
+            exchange.start_response(captured.status, headers + labels)
+            return [] if exchange.method == "HEAD" else [body]
+        return captured.respond(exchange.start_response, labels, self._hidden)
 
     def _labelled(self, start_response: StartResponse, label: Label) -> StartResponse:
         """A start_response adding the labels, and removing what is meant for

@@ -22,15 +22,16 @@ Reading a tag's times costs a round trip, so each process remembers them for
 ``tag_check_interval`` (1 s by default: the bound on how long a purge takes to
 reach another process; 0 asks memcached on every hit), and reads all of a
 page's tags in one ``get_multi``. A tag's keys are created when a page with
-the tag is stored, as if purged just before that page was generated, and if
-they are missing when a page is read (evicted, or a memcached server
-restarted), the tag counts as purged at that moment: a lost purge never
-leaves an old page fresh.
+the tag is stored, as if purged just before that page was generated (those
+of ``*`` when the middleware starts), and if they are missing when a page is
+read (evicted, or a memcached server restarted), the tag counts as purged at
+that moment: a lost purge never leaves an old page fresh.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -72,8 +73,10 @@ class TagTimes:
         self._get_multi = getattr(client, "get_multi", None) or getattr(client, "get_many", None)
         # tag -> (hard purge time, soft purge time, known until)
         self._memo: Dict[str, Tuple[float, float, float]] = {}
-        self._lock = threading.Lock()
+        self._memo_lock = threading.Lock()
+        self._lock = threading.Lock()         # start()'s
         self.everything = (0.0, 0.0, -1.0)   # ALL's entry, kept apart: every hit reads it
+        self._started = 0                     # the process that made sure ALL's keys exist
 
     def keys(self, tag: str) -> Tuple[str, str]:
         digest = hashlib.blake2b(tag.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
@@ -140,7 +143,7 @@ class TagTimes:
     def _remember(self, times: Dict[str, Tuple[float, float, float]]) -> None:
         if ALL in times:
             self.everything = times[ALL]
-        with self._lock:
+        with self._memo_lock:
             if len(self._memo) >= MAX_MEMO:
                 self._memo.clear()
             self._memo.update((tag, value) for tag, value in times.items() if tag != ALL)
@@ -151,12 +154,28 @@ class TagTimes:
         """Make sure the keys of ``tags`` and of ``*`` exist: a page with those
         tags, generated at ``stored``, is being stored. Missing keys may be a
         tag never seen or one whose purges were lost (evicted), so they are
-        made purged at ``stored``: the new page is fresh, any older one not."""
+        made purged at ``stored``: the new page is fresh, older ones not. (Two
+        processes storing the first pages of a new tag at the same moment may
+        cost one of them a miss; ``*`` is made when the middleware starts, see
+        :meth:`start`.)"""
         tags = [tag for tag in tags if tag not in self._memo]
         if self.everything[2] <= now:
             tags.append(ALL)
         if tags:
             self._refresh(tags, now, missing=stored)
+
+    def start(self, now: float) -> None:
+        """Make ``*``'s keys, if missing, before this process asks the
+        application for its first page (once per process, any thread): the
+        first process of a deployment makes them, with the time it read
+        before making them, and a page any process asks for after that is
+        later than it."""
+        if self._started == os.getpid():
+            return
+        with self._lock:
+            if self._started != os.getpid():
+                self._refresh([ALL], now, missing=now)
+                self._started = os.getpid()
 
     def _create(self, tags: Iterable[str], when: float) -> None:
         stamp = repr(when).encode("ascii")
@@ -184,7 +203,7 @@ class TagTimes:
                 stored = False
             if not stored:
                 failed.append(tag)
-            with self._lock:
+            with self._memo_lock:
                 self._memo.pop(tag, None)
             if tag == ALL:
                 self.everything = (0.0, 0.0, -1.0)

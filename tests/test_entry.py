@@ -52,16 +52,16 @@ def test_soft_expiry_ends_the_ttl_and_keeps_the_grace():
 @pytest.mark.parametrize("value", [
     None, 0, 42, "text", b"", b"PC1", b"random bytes \x00\xff",
     pickle.dumps({"status": "200 OK"}),
-    b"PC2 P 1 2 3 4 0 - - 5 0 6 5\n200 OKshort",        # lengths say 6 + 5, and that is what follows
-    b"PC2 P 1 2 3 4 0 - - 5 0 6 99\n200 OKbody",        # truncated
-    b"PC2 P nan 2 3 4 0 - - 4 0 6 4\n200 OKbody",       # not a number we accept
-    b"PC2 P 1 2 3 4 0 - - 4 0 2 4\nOKbody",             # no status code
-    b"PC2 P 1 2 3 4 0 - - 4 0 17 4\n200 OK\nBad Headerbody",  # header without ': '
-    b"PC2 P 1 2 3 4 0 - - 4 0 12 4\n200 OK\nX\r: ybody",      # invalid header name
-    b"PC2 P 1 2 3 4 0 x - 4 0 6 4\n200 OKbody",         # unknown flag
-    b"PC2 P 1 2 3 4 0 - zip 4 0 6 4\n200 OKbody",       # unknown encoding
-    b"PC2 P 1 2 3 4 0 - - 4 3 6 4\na\x00b200 OKbody",   # a tag that is not printable ASCII
-    b"PC2 P 1 2 3 4 0 - - 4 0 25 4\n200 OK\nContent-Length: 9body",  # a length that is not the body's
+    b"PC2 P 1 2 3 4 0 1 - - 5 0 6 5\n200 OKshort",        # lengths say 6 + 5, and that is what follows
+    b"PC2 P 1 2 3 4 0 0 - - 5 0 6 99\n200 OKbody",        # truncated
+    b"PC2 P nan 2 3 4 0 0 - - 4 0 6 4\n200 OKbody",       # not a number we accept
+    b"PC2 P 1 2 3 4 0 0 - - 4 0 2 4\nOKbody",             # no status code
+    b"PC2 P 1 2 3 4 0 0 - - 4 0 17 4\n200 OK\nBad Headerbody",  # header without ': '
+    b"PC2 P 1 2 3 4 0 0 - - 4 0 12 4\n200 OK\nX\r: ybody",      # invalid header name
+    b"PC2 P 1 2 3 4 0 0 x - 4 0 6 4\n200 OKbody",         # unknown flag
+    b"PC2 P 1 2 3 4 0 0 - zip 4 0 6 4\n200 OKbody",       # unknown encoding
+    b"PC2 P 1 2 3 4 0 0 - - 4 3 6 4\na\x00b200 OKbody",   # a tag that is not printable ASCII
+    b"PC2 P 1 2 3 4 0 0 - - 4 0 25 4\n200 OK\nContent-Length: 9body",  # a length that is not the body's
     b"PC1 P 1 2 3 4 5\n200 OK\n\nshort",                # the format of 0.1
     b"PC2 Q 1\n",                                     # unknown kind
     b"PC0 P 1 2 3 4 4\n200 OK\n\nbody",               # another format version
@@ -70,7 +70,7 @@ def test_soft_expiry_ends_the_ttl_and_keeps_the_grace():
 ])
 def test_anything_else_is_a_miss(value):
     parsed = parse(value)
-    if value == b"PC2 P 1 2 3 4 0 - - 5 0 6 5\n200 OKshort":
+    if value == b"PC2 P 1 2 3 4 0 1 - - 5 0 6 5\n200 OKshort":
         assert parsed == Page("200 OK", [], b"short", 1.0, 2.0, 3.0, 4.0)
     else:
         assert parsed is None

@@ -11,6 +11,8 @@ from webtest import TestApp, TestRequest
 
 from pagecache.entry import Page, Pass, VaryMarker
 
+from .test_paste import restart_tags
+
 APPS: Dict[str, "ScriptedApp"] = {}
 
 
@@ -279,6 +281,7 @@ def test_stale_label_in_grace(tmp_path, load_filter, clock):
     middleware.clock = clock
     if hasattr(middleware.cache, "clock"):
         middleware.cache.clock = clock
+    restart_tags(middleware, clock)
     browser.get("/page")
     clock.advance(31)
     lock = middleware.store.lock(middleware.keys.lock(middleware.keys.digest_of_url("http://example.com/page")), 30)

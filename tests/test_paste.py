@@ -53,6 +53,17 @@ def use_clock(middleware, clock):
     middleware.purger.clock = clock
     if hasattr(middleware.cache, "clock"):
         middleware.cache.clock = clock
+    restart_tags(middleware, clock)
+
+
+def restart_tags(middleware, clock):
+    """The keys of "purge everything" were made when the middleware started, by
+    the real clock: made again by the test's, which is years behind."""
+    for key in middleware.tags.keys("*"):
+        middleware.cache.delete(key)
+    middleware.tags.everything = (0.0, 0.0, -1.0)
+    middleware.tags._started = 0
+    middleware.tags.start(clock())
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ def says_exactly(value: bytes, entry: Any) -> None:
     assert rest == rest_again
     fields, fields_again = head.split(b" "), head_again.split(b" ")
     assert len(fields) == len(fields_again) and fields[:2] == fields_again[:2]
-    numeric = {b"P": range(2, 7), b"V": range(2, 5), b"U": range(2, 3)}[fields[1]]
+    numeric = {b"P": range(2, 8), b"V": range(2, 5), b"U": range(2, 3)}[fields[1]]
     for number, (field, field_again) in enumerate(zip(fields, fields_again)):
         if number in numeric:
             assert float(field) == float(field_again)
