@@ -281,7 +281,7 @@ def bench_soft_purge(server: common.MemcachedServer, pages: int, clients: int, r
                 f"min {min(calls)} (without a cache: {clients} a pass)")
     common.result(f"soft purge of {pages} pages, {clients} clients: app calls per page", statistics.mean(calls),
                   "<= 1.0", unit="calls")
-    common.result(f"soft purge: most app calls for one page", max(calls), "<= 1", unit="calls")
+    common.result("soft purge: most app calls for one page", max(calls), "<= 1", unit="calls")
 
 
 def fetch(connection: http.client.HTTPConnection, path: str, purged_at: float = 0.0) -> str:

@@ -37,6 +37,9 @@ class Label(str, enum.Enum):
         return self.value
 
 
+HIT, STALE, MISS, BYPASS = Label.HIT, Label.STALE, Label.MISS, Label.BYPASS
+
+
 class Exchange:
     """A request on its way through the flow."""
 

@@ -21,7 +21,7 @@ from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 from .cookies import carries_any, has_cookies
 from .encoding import normalised_accept_encoding
-from .entry import NEVER_STORED, Headers, Page
+from .entry import NEVER_STORED, Headers
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 COOKIE = "cookie"  # the bypass reason a page shared with cookies (ESI, public) overrides

@@ -13,7 +13,7 @@ serve their copy for up to ``local_ttl``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import unquote, urljoin, urlsplit
 
 from .entry import Headers

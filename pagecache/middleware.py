@@ -2,31 +2,35 @@
 
 Each step is a short method named for what it does: route the URL (in
 ``__call__``), :meth:`classify` the request, :meth:`lookup` its entry, then
-:meth:`serve_stale`, :meth:`fill` or :meth:`fetch` it, :meth:`store_response`
-and :meth:`deliver` the answer; unsafe methods :meth:`invalidate` what they
-changed. Per-request state travels in an :class:`~pagecache.exchange.Exchange`;
-the policies live in their own modules (:mod:`~pagecache.freshness`,
-:mod:`~pagecache.revalidation`, :mod:`~pagecache.invalidation`).
+:meth:`serve_stale`, :meth:`fill` or :meth:`fetch` it; unsafe methods
+:meth:`invalidate` what they changed. Storing what the application answered
+is :mod:`pagecache.storing`'s steps (``store_response``), answering the
+client :mod:`pagecache.delivery`'s (``deliver``, ``to_app``): the middleware
+class is made of the three. Per-request state travels in an
+:class:`~pagecache.exchange.Exchange`; the policies live in their own modules
+(:mod:`~pagecache.freshness`, :mod:`~pagecache.revalidation`,
+:mod:`~pagecache.invalidation`, :mod:`~pagecache.tags`,
+:mod:`~pagecache.compression`, :mod:`~pagecache.fragments`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from . import admin, encoding, freshness, http, invalidation, metrics, revalidation, urls
+from . import admin, encoding, freshness, http, invalidation, metrics, revalidation
 from .backends import cache_from_options
 from .capture import Captured, capture
 from .compression import Compression
 from .config import ConfigError, convert_options
-from .entry import ERROR_ONLY, ESI, FRESH, GENERATED_ETAG, GRACE, SHARED, Page, Pass, VaryMarker
-from .exchange import Exchange, Failed, Label, NotStored, Served, Signal, Stored
+from .delivery import DeliverySteps
+from .entry import ERROR_ONLY, ESI, FRESH, GRACE, SHARED, Page, Pass, VaryMarker
+from .exchange import BYPASS, HIT, MISS, STALE, Exchange, Failed, NotStored, Served, Signal, Stored
 from .failures import FailureLog
 from .fill import FillEnviron
-from .fragments import Failure as FragmentFailure, Fragments
+from .fragments import Fragments
 from .keys import Keys, request_url
 from .labels import Labels
 from .local import LocalTier
@@ -37,22 +41,20 @@ from .routes import Routes
 from .rules import Rule, RuleSpec, parse_rules
 from .stats import Stats
 from .store import LOST, UNAVAILABLE, Store
+from .storing import TOO_LARGE, StoringSteps
 from .tags import ALL, TagTimes, parse_header
 
 log = logging.getLogger("pagecache")
 
-HIT, STALE, MISS, BYPASS = Label.HIT, Label.STALE, Label.MISS, Label.BYPASS
 POLL_FIRST, POLL_MAX = 0.005, 0.05  # seconds between looks at memcached while waiting
 MAX_RESTARTS = 2
-ERROR_PASS_TTL = 1.0  # seconds a URL that answered 5xx (with no stale copy) skips the lock
-TOO_LARGE = "larger than max_entry_size"  # a pass marker's reason: don't buffer the next one to compress it
 
 StartResponse = Callable[..., Any]
 Rebuilt = Union[Stored, NotStored, Failed]
 LockAnswer = Union[bytes, Page, Any]  # a token, a page stored meanwhile, LOST or UNAVAILABLE
 
 
-class PageCacheMiddleware:
+class PageCacheMiddleware(StoringSteps, DeliverySteps):
     """WSGI middleware caching whole responses, with grace periods and no dog-pile.
 
     ``cached_urls`` says which URLs are cached: the seed's tuples
@@ -470,7 +472,7 @@ class PageCacheMiddleware:
             if token is not LOST:
                 return token
 
-    # -- computing and storing pages -------------------------------------
+    # -- computing pages (storing them: pagecache.storing) ----------------
 
     def _rebuild_for_client(self, exchange: Exchange, token: Any) -> Tuple[Iterable[bytes], Any]:
         """Rebuild the page for this request's client: the response, and the
@@ -487,16 +489,6 @@ class PageCacheMiddleware:
         outcome = Served(HIT, rebuilt.page, self._variant(exchange.environ, rebuilt.page)) \
             if rebuilt.shared else Signal.PASS
         return self._deliver_fetched(exchange, rebuilt), outcome
-
-    def _deliver_fetched(self, exchange: Exchange, rebuilt: Stored) -> List[bytes]:
-        """Give the client whose request fetched it the page just stored (or revalidated)."""
-        page = rebuilt.page
-        now = self.clock()
-        fwd = "stale" if exchange.cached is not None else ("vary-miss" if exchange.marker else "uri-miss")
-        info = rebuilt.cookies + self.labels.forwarded(MISS, fwd, rebuilt.saved, 304 if rebuilt.revalidated else 0)
-        if now - page.stored >= 1:  # it came with an age of its own (an Age header, a Date in the past)
-            info = [("Age", str(int(now - page.stored)))] + info
-        return self.deliver(exchange, page, MISS, now, rebuilt.why, info)
 
     def _refresh(self, job: Exchange, token: Any) -> None:
         """Rebuild a page in the background (a worker thread)."""
@@ -572,162 +564,7 @@ class PageCacheMiddleware:
             self.failures.recovered(admin.url_of(environ))
         return captured, ""
 
-    def _buffer_limit(self, headers: http.Headers) -> int:
-        return self.compression.buffer_limit(self.max_entry_size, headers)
-
-    def store_response(self, exchange: Exchange, captured: Captured) -> Union[Stored, NotStored]:
-        """Store the application's response if it may be stored, for as long
-        as :mod:`pagecache.freshness` says; a 304 refreshes the page it
-        revalidated. Otherwise remember the URL as uncacheable for a while
-        (hit-for-miss), unless a stale copy is kept in reserve: that one stays,
-        and the next request past its TTL asks again while the others are
-        served stale."""
-        received = self.clock()
-        code = http.status_code(captured.status)
-        cached = exchange.cached
-        if code == 304 and revalidation.conditional(cached):  # the answer to the question fetch asked
-            return self._revalidated(exchange, captured, cached, received)
-        reason = self._unstorable(captured) or self._deceptive(exchange, captured)
-        decision = None
-        if reason is None:
-            decision = self.policy.decide(code, captured.headers, self._defaults[exchange.route.rule],
-                                          exchange.requested, received)
-            reason = decision.reason
-        if reason is not None:
-            return self._not_stored(exchange, captured, reason, received)
-        body = captured.body
-        captured.close()
-        page = self._page(captured.status, captured.headers, body, decision)
-        if type(page) is str:
-            return self._not_stored(exchange, captured, page, received)
-        self.tags.ensure(page.tags, page.fetched, received)
-        return self._stored(exchange, page, http.set_cookies(captured.headers), received)
-
-    def _not_stored(self, exchange: Exchange, captured: Captured, reason: str, received: float) -> NotStored:
-        """Remember the URL as uncacheable for a while, unless a stale copy is kept in reserve."""
-        self._count(exchange, "uncacheable")
-        remember = self.uncacheable_ttl
-        if http.status_code(captured.status) >= 500:
-            # long enough to release the requests waiting now, short
-            # enough not to keep a recovered page uncached
-            self._count(exchange, "app_errors")
-            remember = min(remember, ERROR_PASS_TTL)
-        if exchange.fallback is None:
-            self.store.save(self.keys.page(exchange.digest), Pass(received, reason), remember)
-        return NotStored(captured, reason)
-
-    def _revalidated(self, exchange: Exchange, captured: Captured, cached: Page,
-                     received: float) -> Stored:
-        """The application said the page is still current: its headers and
-        lifetime as the 304 updates them, its body as stored."""
-        captured.close()
-        self._count(exchange, "revalidations")
-        fresh, _ = http.headers_to_store(captured.headers, None, self._dropped_headers)
-        headers = revalidation.updated_headers(cached.headers, fresh)
-        decision = self.policy.decide(http.status_code(cached.status), headers,
-                                      self._defaults[exchange.route.rule], exchange.requested, received)
-        cookies = http.set_cookies(captured.headers)
-        if decision.reason is not None:
-            self.store.delete(self.keys.page(exchange.digest))
-            return Stored(cached.replace(headers=headers), cookies, saved=False, shared=False, revalidated=True,
-                          why=f"revalidated (304), not stored: {decision.reason}")
-        page = cached.replace(headers=headers, stored=decision.stored, fetched=decision.fetched,
-                              ttl=decision.ttl, grace=decision.grace,
-                              stale=decision.stale, keep=decision.keep,
-                              flags=decision.flags + (GENERATED_ETAG if cached.has(GENERATED_ETAG) else ""))
-        return self._stored(exchange, page, cookies, received, revalidated=True)
-
-    def _page(self, status: str, headers: http.Headers, body: bytes,
-              decision: freshness.Decision) -> Union[Page, str]:
-        """The page to store for a response, or why it can't be stored."""
-        if ESI in decision.flags and self.esi:
-            return self._esi_page(status, headers, body, decision)
-        flags = decision.flags.replace(ESI, "").replace(SHARED, "")
-        kept, generated = http.headers_to_store(headers, body, self._dropped_headers + tuple(decision.dropped))
-        prepared = self.compression.prepare(status, headers, kept, body, flags + (GENERATED_ETAG if generated else ""))
-        if type(prepared) is str:
-            return prepared
-        kept, stored, coding, identity_length, flags = prepared
-        if len(stored) > self.max_entry_size:
-            return TOO_LARGE + (", even compressed" if coding else "")
-        if coding and len(stored) < identity_length:
-            self.stats.incr("compressed_bytes_saved", identity_length - len(stored))
-        return Page(status, kept, stored, decision.stored, decision.ttl, decision.grace, decision.stale,
-                    keep=decision.keep, flags=flags, encoding=coding, identity_length=identity_length,
-                    tags=self._tags_of(headers), fetched=decision.fetched)
-
-    def _esi_page(self, status: str, headers: http.Headers, body: bytes,
-                  decision: freshness.Decision) -> Union[Page, str]:
-        """A page holding ESI: stored parsed, assembled at every delivery."""
-        if any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
-               for name, value in headers):
-            return "ESI in an encoded body: pagecache processes ESI in identity bodies only"
-        try:
-            parts = Fragments.prepare(body)
-        except ValueError as error:
-            log.warning("ESI that does not parse, not stored: %s", error)
-            return f"ESI that does not parse: {error}"
-        if len(parts) > self.max_entry_size:
-            return "larger than max_entry_size"
-        kept, _ = http.headers_to_store(headers, None, self._dropped_headers + tuple(decision.dropped))
-        kept = [(name, value) for name, value in kept if name.lower() not in ("content-length", "content-encoding")]
-        return Page(status, kept, parts, decision.stored, decision.ttl, decision.grace, decision.stale,
-                    keep=decision.keep, flags=decision.flags, tags=self._tags_of(headers), fetched=decision.fetched)
-
-    def _tags_of(self, headers: http.Headers) -> Tuple[str, ...]:
-        if not self.tag_header:
-            return ()
-        name = self.tag_header.lower()
-        return parse_header(" ".join(value for key, value in headers if key.lower() == name))
-
-    def _unstorable(self, captured: Captured) -> Optional[str]:
-        if captured.exc_info is not None:
-            return "error response (start_response with exc_info)"
-        if not captured.complete:
-            if captured.size > self.max_entry_size:
-                return TOO_LARGE
-            return "body is not bytes"
-        return http.unstorable_reason(captured.status, captured.headers, self.store_cookies)
-
-    def _deceptive(self, exchange: Exchange, captured: Captured) -> Optional[str]:
-        """A URL that looks like a static file stores only a response of that type."""
-        content_type = next((value for name, value in captured.headers if name.lower() == "content-type"), None)
-        return urls.static_type_mismatch(exchange.environ.get("PATH_INFO", ""), content_type)
-
-    def _stored(self, exchange: Exchange, page: Page, cookies: http.Headers, now: float,
-                revalidated: bool = False) -> Stored:
-        """Save ``page`` (see :meth:`_save_page`): the rebuild's outcome, saying what happened."""
-        saved = self._save_page(exchange, page, now)
-        done = "revalidated (304) and stored" if revalidated else "stored"
-        why = done if saved else f"not stored: {self.store.refused()}"
-        return Stored(page, cookies, saved, revalidated=revalidated, why=why)
-
-    def _save_page(self, exchange: Exchange, page: Page, now: float) -> bool:
-        """Save ``page`` under its variant's key (writing the URL's vary marker
-        first when it varies), and keep it in the local tier; whether the
-        cache took it."""
-        lifetime = max(1.0, page.stored + page.lifetime() - now) + 1
-        names = self._vary_names(page.headers)
-        digest = exchange.primary
-        if names:
-            marker = exchange.marker
-            if marker is None or marker.names != names:
-                marker = VaryMarker(names, os.urandom(8).hex(), now, lifetime)
-            else:
-                marker = VaryMarker(names, marker.generation, now, lifetime, marker.purged)
-            self.store.save(self.keys.page(exchange.primary), marker, lifetime)
-            digest = self.keys.variant(exchange.primary, marker.generation,
-                                       http.variant_of(exchange.environ, names))
-        key = self.keys.page(digest)
-        if self.store.save(key, page, lifetime):
-            self._count(exchange, "stores")
-            if self.local is not None:
-                self.local.put(key, page, now)
-            return True
-        self._count(exchange, "store_failures")
-        return False
-
-    # -- serving ----------------------------------------------------------
+    # -- serving (the answers: pagecache.delivery) -------------------------
 
     def _load_local(self, key: str) -> Any:
         """The entry under ``key`` from the local tier, else from the cache (kept locally)."""
@@ -742,126 +579,9 @@ class PageCacheMiddleware:
             self.local.put(key, entry, now)
         return entry
 
-    def deliver(self, exchange: Exchange, page: Page, label: Label, now: float,
-                why: str = "", info: Optional[http.Headers] = None) -> List[bytes]:
-        """Answer with a stored page, or a 304 when the request's validators
-        match it; labelled (``info``: the labels of a page just fetched),
-        counted (a MISS was counted when it was computed) and logged."""
-        environ = exchange.environ
-        if exchange.shared_only and SHARED not in page.flags:  # rendered for everybody, not shared with cookies
-            return self.to_app(exchange, BYPASS, "bypasses", "cookie (the page is not shared)")
-        headers, body = page.headers, page.body
-        if ESI in page.flags:
-            if SHARED in page.flags:
-                exchange.route.shared = True
-            try:
-                headers, body, fragments = self.fragments.assemble(environ, exchange.route, page,
-                                                                   exchange.prefetched)
-            except Exception as error:  # a fragment failed that nothing stands in for
-                log.error("%s: %s", admin.url_of(environ), error, exc_info=not isinstance(error, FragmentFailure))
-                self.stats.incr("esi_failures", 1, exchange.route.index)
-                return admin.plain(exchange.start_response, "502 Bad Gateway",
-                                   "a part of this page could not be made\n")
-            self.stats.incr("esi_fragments", len(fragments), exchange.route.index)
-            if exchange.started:
-                why = f"{why}; fragments: {fragments}" if why else f"fragments: {fragments}"
-        elif page.encoding:
-            representation = Compression.representation(page, environ.get("HTTP_ACCEPT_ENCODING"))
-            if representation is None:
-                log.warning("%s: the stored bytes do not decode; asking the application", admin.url_of(environ))
-                return self.to_app(exchange, MISS, "misses", "stored bytes do not decode")
-            headers, body = representation
-        if info is None:
-            self._count(exchange, "hits" if label is HIT else "stale")
-            info = page.timed(now, self._hit if label is HIT else self._stale)
-        self._decided(exchange, label, why)
-        if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
-                and http.not_modified(environ, page.status, headers):
-            exchange.start_response("304 Not Modified", http.not_modified_headers(headers) + info)
-            return []
-        exchange.start_response(page.status, headers + info)
-        if environ["REQUEST_METHOD"] == "HEAD":
-            return []
-        return [body]
-
-    def to_app(self, exchange: Exchange, label: Label, counter: str, why: str) -> Iterable[bytes]:
-        """Let the application answer, its response labelled; counted and
-        logged. On a URL a rule caches, pagecache announces ESI and processes
-        it in the answer, so the response is held until complete (up to
-        max_entry_size; a longer one streams through as it is)."""
-        self._count(exchange, counter)
-        self._decided(exchange, label, why)
-        environ = exchange.environ
-        if not (self.esi and exchange.route.cacheable):
-            return self.app(environ, self._labelled(exchange.start_response, label))
-        environ["HTTP_SURROGATE_CAPABILITY"] = self.fill_environ.capability
-        captured = capture(self.app, environ, self.max_entry_size, self._labelled(exchange.start_response, label))
-        return self._respond(exchange, captured, label)
-
-    def _respond(self, exchange: Exchange, captured: Captured, label: Label) -> Iterable[bytes]:
-        """Hand a response that is not stored to its client, labelled, without
-        what is meant for pagecache alone, its ESI (if it says it has some) processed."""
-        labels = self.labels.forwarded(label, "bypass" if label is BYPASS else "uri-miss")
-        if captured.complete and self.esi and freshness.esi_marked(
-                freshness.surrogate_directives([v for n, v in captured.headers if n.lower() == "surrogate-control"],
-                                               self.policy.target)):
-            body = captured.body
-            captured.close()
-            headers = [(name, value) for name, value in captured.headers if name.lower() not in self._hidden]
-            try:
-                headers, body, _ = self.fragments.assemble_answer(exchange.environ, exchange.route, captured.status,
-                                                                  headers, body)
-            except Exception as error:
-                log.error("%s: %s", admin.url_of(exchange.environ), error)
-                self.stats.incr("esi_failures", 1, exchange.route.index)
-                return admin.plain(exchange.start_response, "502 Bad Gateway", "a part of this page could not be made\n")
-            exchange.start_response(captured.status, headers + labels)
-            return [] if exchange.method == "HEAD" else [body]
-        return captured.respond(exchange.start_response, labels, self._hidden)
-
-    def _labelled(self, start_response: StartResponse, label: Label) -> StartResponse:
-        """A start_response adding the labels, and removing what is meant for
-        pagecache alone (tags, Surrogate-Control) from the application's answer."""
-        extra = self.labels.forwarded(label, "bypass" if label is BYPASS else "uri-miss")
-        hidden = self._hidden
-
-        def labelled(status: str, headers: http.Headers, exc_info: Any = None) -> Any:
-            kept = [(name, value) for name, value in headers if name.lower() not in hidden]
-            return start_response(status, kept + extra, exc_info)
-        return labelled
-
     def _variant(self, environ: Dict, page: Page) -> Optional[str]:
         names = self._vary_names(page.headers)
         return http.variant_of(environ, names) if names else None
-
-    def _vary_names(self, headers: http.Headers) -> Tuple[str, ...]:
-        """The request headers a page's variants are told apart by: those its
-        Vary names, but Accept-Encoding when pagecache serves every encoding
-        from one entry."""
-        names = http.vary_names(headers)
-        if self.compression.on and "accept-encoding" in names:
-            names = tuple(name for name in names if name != "accept-encoding")
-        return names
-
-    def _count(self, exchange: Exchange, counter: str) -> None:
-        self.stats.incr(counter, 1, exchange.route.index)
-
-    def _decided(self, exchange: Exchange, outcome: Label, why: str = "") -> None:
-        """Remember the decision for the dashboard, and log it at DEBUG (when
-        the request was timed for it)."""
-        environ = exchange.environ
-        url = admin.url_of(environ)
-        took = (time.perf_counter() - exchange.started) * 1000 if exchange.started else 0.0
-        self.stats.decision(time.time(), environ.get("REQUEST_METHOD", ""), url, outcome.value, why, took)
-        if exchange.started:
-            log.debug("%s %s %s %.1fms%s", environ.get("REQUEST_METHOD"), url, outcome.value, took,
-                      f" ({why})" if why else "")
-
-    def _record_hit(self, environ: Dict, now: float) -> None:
-        """Remember a hit among the last decisions, at most one a second: the
-        hit path has no time for more."""
-        self._next_hit_record = now + 1.0
-        self.stats.decision(time.time(), "GET", admin.url_of(environ), HIT.value, "", 0.0)
 
     # -- purge and invalidation ------------------------------------------
 
