@@ -49,8 +49,14 @@ def ensure_venv(extras):
             pass
 
 
-def ensure_program(name, package, required=True):
-    """The path of ``name``, installing Debian's ``package`` if we can."""
+def ensure_program(name, package, required=True, variable=None):
+    """The path of ``name``, installing Debian's ``package`` if we can;
+    ``variable``: the environment variable that may point at it instead."""
+    explicit = os.environ.get(variable) if variable else None
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            sys.exit(f"dev.py: {variable}={explicit} is not an executable")
+        return explicit
     found = shutil.which(name)
     if found:
         return found
@@ -67,20 +73,16 @@ def ensure_program(name, package, required=True):
         if found:
             return found
     if required:
+        elsewhere = f",\nor point {variable} at the binary" if variable else ""
         sys.exit(f"dev.py: {name} is needed but not installed, and could not be installed here.\n"
-                 f"Install it (Debian/Ubuntu: apt-get install {package}; macOS: brew install {package}),\n"
-                 f"or point PAGECACHE_MEMCACHED at the binary, then run this again.")
+                 f"Install it (Debian/Ubuntu: apt-get install {package}; macOS: brew install {package}){elsewhere},\n"
+                 f"then run this again.")
     say(f"{name} is not installed; the parts that use it fall back or are left out")
     return None
 
 
 def ensure_memcached():
-    explicit = os.environ.get("PAGECACHE_MEMCACHED")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            sys.exit(f"dev.py: PAGECACHE_MEMCACHED={explicit} is not an executable")
-        return explicit
-    return ensure_program("memcached", "memcached")
+    return ensure_program("memcached", "memcached", variable="PAGECACHE_MEMCACHED")
 
 
 def serve(args):
@@ -92,12 +94,7 @@ def serve(args):
 
 def ensure_chromium():
     """Debian's chromium, which the browser tests drive (tests/browser.py)."""
-    explicit = os.environ.get("PAGECACHE_CHROMIUM")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            sys.exit(f"dev.py: PAGECACHE_CHROMIUM={explicit} is not an executable")
-        return explicit
-    return ensure_program("chromium", "chromium")
+    return ensure_program("chromium", "chromium", variable="PAGECACHE_CHROMIUM")
 
 
 def test(args):

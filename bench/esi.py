@@ -168,7 +168,7 @@ def explain(middleware: PageCacheMiddleware, environ: Dict, route: object, round
         parts = fragments.parts(page)
         page_url = fragments._url(environ, route)
         urls = [parsing.resolve(page_url, include.src) for include in parsing.includes(parts)]
-        cached = fragments._cached(environ, urls, found)
+        cached = fragments._cached(environ, urls, found)[1]
         body, infos = fragments.assemble(environ, route, page, found)[1:]
         client = middleware.cache
         get_multi = getattr(client, "get_multi", None) or client.get_many
@@ -193,10 +193,10 @@ def explain(middleware: PageCacheMiddleware, environ: Dict, route: object, round
             "deliver's decision record (_decided: the dashboard's recent list, every ESI hit)":
                 lambda: middleware._decided(Exchange(environ, None, route, 0.0), Label.HIT, "fragments: [...]"),
         }
+        times = common.interleaved(steps, rounds=max(20, rounds // 3), block=50, warmup=50)
     except Exception as error:  # noqa: BLE001 (information only)
         common.note(f"(no breakdown: pagecache's internals changed: {error!r})")
         return
-    times = common.interleaved(steps, rounds=max(20, rounds // 3), block=50, warmup=50)
     common.note("where an ESI hit's time goes (each step alone, median µs):")
     for name, seconds in times.items():
         common.note(f"  {seconds * 1e6:7.1f}  {name}")

@@ -8,7 +8,9 @@ the same connection), plus a call of a trivial WSGI application returning a
 constant 5 KB body. Target: at most 1.15x. Done with python-memcached and
 with pymemcache. Then the in-process tier (``local_ttl = 1``): its hit against
 the trivial WSGI call alone (no target: it shows what is left once the round
-trip is gone).
+trip is gone). The 5 KB page is stored as it is (``compression = off``), as
+in 0.1; then once more with the default ``compression = gzip`` for a client
+that accepts gzip, against a get of the same compressed entry.
 
     python bench/run.py hit_path [--rounds N]
 """
@@ -78,23 +80,31 @@ def serve(app: Callable, environ: Dict) -> int:
     return size
 
 
-def measure_client(server: common.MemcachedServer, library: str, rounds: int) -> Dict[str, float]:
-    """Per-hit seconds of pagecache and of the baseline, with ``library``."""
+def measure_client(server: common.MemcachedServer, library: str, rounds: int,
+                   compression: str = "off") -> Dict[str, float]:
+    """Per-hit seconds of pagecache and of the baseline, with ``library``;
+    with ``compression`` on, the client accepts gzip (as browsers do) and the
+    baseline gets the same compressed entry."""
     environ = request_environ()
+    if compression != "off":
+        environ["HTTP_ACCEPT_ENCODING"] = "gzip, deflate, br"
     middleware = PageCacheMiddleware(page_app, "/ 1h 1h", memcached_servers=[server.address],
-                                     memcached_client=library, key_prefix=f"hit-{library}")
+                                     memcached_client=library, compression=compression,
+                                     key_prefix=f"hit-{library}-{compression}")
     serve(middleware, dict(environ))                       # MISS: fills the cache
     probe = []
     middleware(dict(environ), lambda status, headers, exc_info=None: probe.append(headers))
     if ("X-Cache", "HIT") not in probe[0]:
         raise RuntimeError(f"the page was not served from the cache: {probe}")
+    if (("Content-Encoding", compression) in probe[0]) != (compression != "off"):
+        raise RuntimeError(f"the hit's encoding is not the stored one ({compression}): {probe}")
     key = middleware.keys.page(middleware.keys.digest(environ))
     # The baseline's get goes through the middleware's own client, hence its
     # own connection: memcached serves each connection on one of its worker
     # threads, and which one alone can change a round trip by 10%.
     client = middleware.cache
     stored = client.get(key)
-    if not stored or len(stored) < common.PAGE_SIZE:
+    if not stored or (compression == "off" and len(stored) < common.PAGE_SIZE):
         raise RuntimeError(f"the bare client did not find the entry under {key}")
 
     def bare() -> int:
@@ -111,7 +121,7 @@ def measure_client(server: common.MemcachedServer, library: str, rounds: int) ->
 def measure_local(server: common.MemcachedServer, rounds: int) -> Dict[str, float]:
     environ = request_environ()
     middleware = PageCacheMiddleware(page_app, "/ 1h 1h", memcached_servers=[server.address],
-                                     local_ttl=1, key_prefix="hit-local")
+                                     local_ttl=1, compression="off", key_prefix="hit-local")
     serve(middleware, dict(environ))
     serve(middleware, dict(environ))
     before = middleware.stats["local_hits"]
@@ -139,6 +149,11 @@ def main(args: list) -> int:
                         f"(get alone {common.micros(times['get'])})")
             common.result(f"hit via {library} / (bare get + trivial app)",
                           times["pagecache"] / times["bare"], TARGET)
+        times = measure_client(server, "python-memcached", options.rounds, compression="gzip")
+        common.note(f"compression = gzip, client accepting gzip: pagecache hit {common.micros(times['pagecache'])}, "
+                    f"bare get of the same entry + trivial app {common.micros(times['bare'])}")
+        common.result("hit, stored and sent gzipped / (bare get + trivial app)",
+                      times["pagecache"] / times["bare"], TARGET)
         times = measure_local(server, options.rounds)
         common.note(f"local tier hit {common.micros(times['local'])}, "
                     f"trivial app {common.micros(times['trivial'])}")

@@ -20,10 +20,12 @@ retry). The server process's CPU time per request is shown as well.
    Target: at least 0.95x. Done with python-memcached and with pymemcache.
 2. The same with ``local_ttl = 1`` (hits served from process memory), against
    an application returning a constant body. Target: at least 0.9x.
-3. Information: the hand-written application answering with the five headers a
-   hit carries (``Content-Type``, ``Content-Length``, ``ETag``, ``Age``,
-   ``X-Cache``) against itself answering with two: what the headers alone
-   cost the server.
+3. Information: the local-tier hits against the constant application sending
+   the seven headers a hit carries (``Content-Type``, ``Content-Length``,
+   ``ETag``, ``Vary``, ``Age``, ``Cache-Status``, ``X-Cache``), and the
+   hand-written application answering with those seven against itself
+   answering with two: what the headers alone cost the server (waitress
+   handles each header in Python, a few microseconds apiece).
 
     python bench/run.py throughput [--seconds S] [--repeats N] [--connections C]
                                    [--threads T] [--clients python-memcached,pymemcache]
@@ -87,8 +89,19 @@ def constant_app(environ: Dict, start_response: Callable) -> List[bytes]:
     return [BODY]
 
 
-# what a pagecache hit adds to the application's headers (ETag: generated when stored)
-HIT_HEADERS = [("ETag", '"pc-0123456789abcdef01234567"'), ("Age", "3"), ("X-Cache", "HIT")]
+# what a pagecache hit adds to the application's headers (ETag: generated when
+# stored; Vary: the page is stored compressed, each client gets what it accepts)
+HIT_HEADERS = [("ETag", '"pc-0123456789abcdef01234567"'), ("Vary", "Accept-Encoding"), ("Age", "3"),
+               ("Cache-Status", "pagecache; hit; ttl=3600"), ("X-Cache", "HIT")]
+HEADER_COUNT = 2 + len(HIT_HEADERS)
+SERVER_HEADERS = {"server", "date", "connection"}  # what waitress adds to every answer
+
+
+def constant_app_with_hit_headers(environ: Dict, start_response: Callable) -> List[bytes]:
+    """The constant page with the headers a hit carries: what waitress charges for them."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(BODY))), *HIT_HEADERS])
+    return [BODY]
 
 
 def get_app_factory(server: str, library: str,
@@ -127,10 +140,14 @@ def check(url: str, cached: bool) -> None:
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read()
             label = response.headers.get("X-Cache")
+            names = {name.lower() for name in response.headers if name.lower() not in SERVER_HEADERS}
     if body != BODY:
         raise RuntimeError(f"{url} answered a wrong body ({len(body)} bytes)")
     if cached and label != "HIT":
         raise RuntimeError(f"{url} was not served from the cache (X-Cache: {label})")
+    expected = {"content-type", "content-length", *(name.lower() for name, _ in HIT_HEADERS)}
+    if cached and names != expected:
+        raise RuntimeError(f"a hit's headers are no longer those the comparisons assume: {sorted(names)}")
 
 
 class Side:
@@ -212,7 +229,8 @@ def main(args: list) -> int:
         seed = memcached_client([server.address], "python-memcached")
         if not seed.set(RAW_KEY, BODY, time=0):
             raise RuntimeError("could not store the hand-written app's page")
-        makers: Dict[str, Callable] = {"constant app": lambda: constant_app}
+        makers: Dict[str, Callable] = {"constant app": lambda: constant_app,
+                                       "constant app with a hit's headers": lambda: constant_app_with_hit_headers}
         for library in libraries:
             makers[f"pagecache/{library}"] = filter_factory(directory, library, server.address, library)
             makers[f"get app/{library}"] = get_app_factory(server.address, library)
@@ -231,9 +249,12 @@ def main(args: list) -> int:
         ratio, cpu = compare(makers, "pagecache/local_ttl=1", "constant app", options)
         common.result("local-tier hits (local_ttl=1) / constant app (req/s)", ratio, ">= 0.9")
         common.result("  same, server CPU per request (lower is better)", cpu)
+        ratio, cpu = compare(makers, "pagecache/local_ttl=1", "constant app with a hit's headers", options)
+        common.result(f"local-tier hits / constant app with the same {HEADER_COUNT} headers (req/s)", ratio)
+        common.result("  same, server CPU per request (lower is better)", cpu)
         if "python-memcached" in libraries:
             ratio, cpu = compare(makers, "get app with a hit's headers", "get app/python-memcached", options)
-            common.result("get app with a hit's 5 headers / with 2 (req/s)", ratio)
+            common.result(f"get app with a hit's {HEADER_COUNT} headers / with 2 (req/s)", ratio)
             common.result("  same, server CPU per request (lower is better)", cpu)
     return 0
 

@@ -12,4 +12,4 @@ def includeme(config):  # type: ignore[no-untyped-def]
     """``config.include("pagecache")`` in a Pyramid application: ``request.pagecache``."""
     from .pyramid import includeme as include
     include(config)
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -5,9 +5,11 @@ compressible (``compress_types``) and whose body is at least
 ``compress_min_size``, is stored gzip-compressed (or brotli, with
 ``compression = br`` and the ``brotli`` package); a response the application
 encoded itself (gzip, or br with brotli) is stored as it is, its bytes checked
-to decode. ``max_entry_size`` applies to what is stored: a page several times
-that size fits once compressed (up to ``compress_max_size`` is buffered to
-try).
+to decode; one in a coding pagecache can't decode is stored only when it does
+not vary on ``Accept-Encoding`` (the same bytes for everybody, as the
+application says), and served as it is. ``max_entry_size`` applies to what
+is stored: a page several times that size fits once compressed (up to
+``compress_max_size`` is buffered to try).
 
 At delivery: a client that accepts the stored encoding gets the stored bytes
 with ``Content-Encoding``; any other client gets the decoded body, decoded
@@ -78,7 +80,9 @@ class Compression:
                 return kept, body, "", len(body), flags
             return _without(kept, "content-length"), packed, self.coding, len(body), flags
         if not encoding.decodable(given):
-            return f"Content-Encoding {given}, which pagecache can't decode for clients that don't accept it"
+            if _varies_on_accept_encoding(headers):
+                return f"Content-Encoding {given}, which pagecache can't decode for clients that don't accept it"
+            return kept, body, "", len(body), flags  # the same bytes for every client, as the application says
         try:
             identity = encoding.decompress(body, given, self.max_size)
         except encoding.CodingError as error:
@@ -119,6 +123,12 @@ class Compression:
 
 def _content_encoding(headers: Headers) -> str:
     return ",".join(value for name, value in headers if name.lower() == "content-encoding").strip().lower()
+
+
+def _varies_on_accept_encoding(headers: Headers) -> bool:
+    return any(name.lower() == "vary" and any(part.strip().lower() in ("accept-encoding", "*")
+                                              for part in value.split(","))
+               for name, value in headers)
 
 
 def _without(headers: Headers, *names: str) -> Headers:

@@ -262,7 +262,7 @@ OPTIONS: Dict[str, Option] = {
     "esi": Option(boolean, True, "process Edge Side Includes in responses that say they hold them (or whose rule says esi)"),
     "esi_depth": Option(positive_int, 3, "how deep ESI includes may nest"),
     "esi_timeout": Option(duration, 5.0, "how long a page waits for its ESI fragments"),
-    "esi_workers": Option(positive_int, 4, "threads per process rendering a page's fragments at once"),
+    "esi_workers": Option(positive_int, 16, "most threads per process rendering fragments at once (beyond: in the request thread)"),
     "ignore_query": Option(words, (), "query parameters left out of the key (utm_source ...)"),
     "sort_query": Option(boolean, False, "key ?a=1&b=2 and ?b=2&a=1 as one page"),
     "wait_timeout": Option(duration, 5.0, "how long a request waits for a page another request computes"),

@@ -70,7 +70,11 @@ class DeliverySteps:
         if info is None:
             self._count(exchange, "hits" if label is HIT else "stale")
             info = page.timed(now, self._hit if label is HIT else self._stale)
-        self._decided(exchange, label, why)
+        if label is HIT and not why and not exchange.started:  # a plain hit (an ESI page's): as on the hit path
+            if now >= self._next_hit_record:
+                self._record_hit(environ, now)
+        else:
+            self._decided(exchange, label, why)
         if ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ) \
                 and http.not_modified(environ, page.status, headers):
             exchange.start_response("304 Not Modified", http.not_modified_headers(headers) + info)

@@ -481,12 +481,8 @@ def representation_etag(etag: Optional[str], coding: str) -> Optional[str]:
     without one conditional requests fall back to Last-Modified or a 200."""
     if etag is None or coding == "":
         return etag
-    suffix = _suffix(coding)
-    match = _ETAG.match(etag.strip(_OWS))
-    if match is None:
-        return None
-    weak, opaque = match.groups()
-    return f'{weak or ""}"{opaque}{suffix}"'
+    parts = _etag_parts(etag)
+    return None if parts is None else f'{parts[0]}"{parts[1]}{_suffix(coding)}"'
 
 
 def identity_etag(etag: Optional[str], coding: str) -> Optional[str]:
@@ -497,14 +493,16 @@ def identity_etag(etag: Optional[str], coding: str) -> Optional[str]:
     its own (identity) ETags. Identity (``""``) returns ``etag`` unchanged."""
     if etag is None or coding == "":
         return etag
-    suffix = _suffix(coding)
+    parts, suffix = _etag_parts(etag), _suffix(coding)
+    if parts is None or not parts[1].endswith(suffix):
+        return None
+    return f'{parts[0]}"{parts[1][:-len(suffix)]}"'
+
+
+def _etag_parts(etag: str) -> Optional[Tuple[str, str]]:
+    """An ETag's weakness prefix (``W/`` or empty) and opaque tag, or None when malformed."""
     match = _ETAG.match(etag.strip(_OWS))
-    if match is None:
-        return None
-    weak, opaque = match.groups()
-    if not opaque.endswith(suffix):
-        return None
-    return f'{weak or ""}"{opaque[:-len(suffix)]}"'
+    return None if match is None else (match.group(1) or "", match.group(2))
 
 
 def vary_with_accept_encoding(headers: Headers) -> Headers:

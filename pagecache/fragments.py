@@ -120,9 +120,14 @@ class Fragments:
         """The headers and body of ``page`` assembled for the request of
         ``environ`` (whose route is ``route``), and the fragments; Failure when
         a fragment failed that nothing may stand in for."""
+        outer = environ.get(CHAIN, ())
+        if not outer and prefetched is not None:
+            assembled = self._assembled_before(environ, route, page, prefetched)
+            if assembled is not None:
+                return assembled
         parts = self.parts(page)
         page_url = self._url(environ, route)
-        chain = environ.get(CHAIN, ()) + (page_url,)
+        chain = outer + (page_url,)
         urls = [url for url in (esi.resolve(page_url, include.src) for include in esi.includes(parts))
                 if url is not None and url not in chain]
         keys, cached = self._cached(environ, urls, prefetched)
@@ -131,13 +136,6 @@ class Fragments:
         # own: the same entries make the same page
         top = len(chain) == 1 and urls and len(cached) == len(urls) and not any(
             ESI in entry.flags for _, entry in cached.values())
-        if top:
-            memo = page.memo()
-            found = memo.get("assembled")
-            entries = tuple(entry for _, entry in cached.values())
-            if found is not None and len(found[0]) == len(entries) and all(
-                    a is b for a, b in zip(found[0], entries)):
-                return found[1], found[2], found[3]
         deadline = time.monotonic() + self.timeout
         pending: Dict[str, Pending] = {}
         if len(chain) == 1:  # the page itself: its sub-requests at once, each on a thread
@@ -165,8 +163,32 @@ class Fragments:
             raise Failure(f"fragment {failed.include.src} failed ({fragments})") from None
         headers = self._headers(page.headers, body, fragments)
         if top and not any(fragment.personal for fragment in fragments):
-            page.memo()["assembled"] = (tuple(entry for _, entry in cached.values()), headers, body, fragments)
+            page.memo()["assembled"] = (route, tuple(key for key, _ in cached.values()),
+                                        tuple(entry for _, entry in cached.values()), (headers, body, fragments))
         return headers, body, fragments
+
+    def _assembled_before(self, environ: Dict, route: Any, page: Page, prefetched: Dict[str, Any]
+                          ) -> Optional[Tuple[Headers, bytes, List[Fragment]]]:
+        """The page as it was last assembled for its URL, if this request would
+        get it from the same fragment entries, all still fresh and usable by
+        it: the hit path of an ESI page whose fragments are all cached."""
+        found = page.memo().get("assembled")
+        if found is None or found[0] is not route:
+            return None
+        _, keys, entries, assembled = found
+        personal = None
+        if "HTTP_COOKIE" in environ or "HTTP_AUTHORIZATION" in environ or environ.get("REMOTE_USER"):
+            personal = http.bypass_reason({name: environ.get(name) for name in PERSONAL if name in environ},
+                                          self.middleware.bypass_cookies)
+            if personal is not None and personal != "cookie":
+                return None
+        middleware = self.middleware
+        now = middleware.clock()
+        for key, entry in zip(keys, entries):
+            if prefetched.get(key) is not entry or now - entry.stored >= entry.ttl \
+                    or not middleware._unpurged(entry, now) or (personal is not None and SHARED not in entry.flags):
+                return None
+        return assembled
 
     def assemble_answer(self, environ: Dict, route: Any, status: str, headers: Headers,
                         body: bytes) -> Tuple[Headers, bytes, List[Fragment]]:

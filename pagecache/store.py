@@ -212,14 +212,8 @@ class Store:
 
     def backing_off(self, key: str) -> bool:
         """Whether the lock ``key`` is held for a back-off (see :meth:`hold`)."""
-        try:
-            held = self.client.get(key)
-        except Exception as error:
-            self.failed(f"get {key}: {error!r}")
-            return False
-        if isinstance(held, str):
-            held = held.encode("ascii", "replace")
-        return isinstance(held, bytes) and held.startswith(BACKOFF)
+        held = self._lock_value(key)
+        return held is not None and held.startswith(BACKOFF)
 
     def unlock(self, key: str, token: Union[LockState, bytes]) -> bool:
         """Release the lock ``key`` if ``token`` holds it; whether it did. One
@@ -234,14 +228,18 @@ class Store:
         return released
 
     def _release(self, key: str, token: bytes) -> bool:
+        return self._lock_value(key) == token and self.delete(key)
+
+    def _lock_value(self, key: str) -> Optional[bytes]:
+        """What the lock ``key`` holds (None: nothing, or no answer)."""
         try:
             held = self.client.get(key)
         except Exception as error:
             self.failed(f"get {key}: {error!r}")
-            return False
+            return None
         if isinstance(held, str):
             held = held.encode("ascii", "replace")
-        return held == token and self.delete(key)
+        return held if isinstance(held, bytes) else None
 
     def _doubt(self, key: str, token: bytes, seconds: float) -> None:
         with self._doubtful_lock:

@@ -21,6 +21,7 @@ from pagecache import PageCacheMiddleware
 from pagecache.entry import Pass
 
 from .conftest import stored, wait_until
+from .crowds import Crowd
 from .servers import free_port
 
 CLIENTS = 64
@@ -58,47 +59,6 @@ def call(middleware: Callable, path: str, host: str = "example.com") -> Reply:
 
 def url(path: str) -> str:
     return "http://example.com" + path
-
-
-class Crowd:
-    """``n`` threads released together by a barrier, each running ``work(i)``;
-    :attr:`arrived` counts those that have their result."""
-
-    def __init__(self, n: int, work: Callable[[int], Any]):
-        self.results: List[Any] = [None] * n
-        self.errors: List[BaseException] = []
-        self._work = work
-        self._barrier = threading.Barrier(n)
-        self._lock = threading.Lock()
-        self._arrived = 0
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
-
-    def start(self) -> "Crowd":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _run(self, i: int) -> None:
-        try:
-            self._barrier.wait(HOLD)
-            self.results[i] = self._work(i)
-        except BaseException as error:  # reported by finish()
-            self.errors.append(error)
-        with self._lock:
-            self._arrived += 1
-
-    @property
-    def arrived(self) -> int:
-        with self._lock:
-            return self._arrived
-
-    def finish(self, timeout: float = HOLD) -> List[Any]:
-        for thread in self._threads:
-            thread.join(timeout)
-            assert not thread.is_alive(), "a client never got its answer"
-        if self.errors:
-            raise self.errors[0]
-        return self.results
 
 
 class App:

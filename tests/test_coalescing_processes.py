@@ -23,6 +23,7 @@ from pagecache import PageCacheMiddleware
 from pagecache.entry import Page, Pass
 
 from .conftest import stored, wait_until
+from .crowds import Crowd
 from .servers import AppServer
 
 CLIENTS = 64
@@ -59,45 +60,9 @@ def total(servers: List[AppServer], name: str) -> int:
     return sum(counters(server)[name] for server in servers)
 
 
-class Crowd:
-    """``n`` client threads released together, client ``i`` asking
-    ``servers[i % len(servers)]``; :attr:`replies` holds the answers so far."""
-
-    def __init__(self, n: int, servers: List[AppServer], path: str):
-        self.replies: List[Reply] = []
-        self.errors: List[BaseException] = []
-        self._barrier = threading.Barrier(n)
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(servers[i % len(servers)], path),
-                                          daemon=True) for i in range(n)]
-
-    def start(self) -> "Crowd":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _run(self, server: AppServer, path: str) -> None:
-        try:
-            self._barrier.wait(HOLD)
-            reply = fetch(server, path)
-        except BaseException as error:  # reported by finish()
-            self.errors.append(error)
-            return
-        with self._lock:
-            self.replies.append(reply)
-
-    @property
-    def arrived(self) -> int:
-        with self._lock:
-            return len(self.replies)
-
-    def finish(self) -> List[Reply]:
-        for thread in self._threads:
-            thread.join(HOLD * 2)
-            assert not thread.is_alive(), "a client never got its answer"
-        if self.errors:
-            raise self.errors[0]
-        return self.replies
+def crowd_of(n: int, servers: List[AppServer], path: str) -> Crowd:
+    """``n`` clients released together, client ``i`` asking ``servers[i % len(servers)]``."""
+    return Crowd(n, lambda i: fetch(servers[i % len(servers)], path))
 
 
 class Gate:
@@ -234,7 +199,7 @@ def into_grace(cluster: Cluster, path: str) -> Page:
 def test_cold_page_is_computed_once_across_processes_and_memcached_servers(cluster):
     app = App(held={1})
     servers = cluster.start(app)
-    crowd = Crowd(CLIENTS, servers, "/cold").start()
+    crowd = crowd_of(CLIENTS, servers, "/cold").start()
     # One request computes; the 63 others wait for it in all three processes,
     # either on their process's flight or polling memcached.
     wait_until(lambda: app.calls.value == 1 and total(servers, "waits") == CLIENTS - 1)
@@ -259,10 +224,10 @@ def test_page_in_grace_is_rebuilt_once_across_processes(cluster):
     into_grace(cluster, "/news")
     app.version.value = 2
 
-    crowd = Crowd(CLIENTS, servers, "/news").start()
+    crowd = crowd_of(CLIENTS, servers, "/news").start()
     # The rebuild is held inside the app until 63 clients have their answer.
     wait_until(lambda: crowd.arrived == CLIENTS - 1)
-    assert set(crowd.replies) == {Reply(200, "STALE", b"v1 #1")}
+    assert set(crowd.so_far()) == {Reply(200, "STALE", b"v1 #1")}
     app.release.open()
     replies = crowd.finish()
 
@@ -279,7 +244,7 @@ def test_background_refresh_across_processes_makes_no_client_wait(cluster):
     into_grace(cluster, "/news")
     app.version.value = 2
 
-    crowd = Crowd(CLIENTS, servers, "/news").start()
+    crowd = crowd_of(CLIENTS, servers, "/news").start()
     # All 64 answers arrive while the one rebuild is held inside the app.
     wait_until(lambda: crowd.arrived == CLIENTS)
     replies = crowd.finish()
@@ -304,7 +269,7 @@ def test_failing_rebuild_across_processes_serves_stale_and_stores_nothing(cluste
     good = into_grace(cluster, "/shop")
     app.mode.value = failure
 
-    crowd = Crowd(CLIENTS, servers, "/shop").start()
+    crowd = crowd_of(CLIENTS, servers, "/shop").start()
     wait_until(lambda: crowd.arrived == CLIENTS - 1)
     app.release.open()
     replies = crowd.finish()
@@ -336,7 +301,7 @@ def test_waiter_in_another_process_falls_back_to_stale_after_wait_timeout(cluste
     assert fetch(holder, "/shop") == Reply(200, "MISS", b"v1 #1")
     good = into_grace(cluster, "/shop")
     app.mode.value = failure
-    crowd = Crowd(1, [holder], "/shop").start()
+    crowd = crowd_of(1, [holder], "/shop").start()
     assert app.entered.wait(HOLD)
 
     assert fetch(other, "/shop") == Reply(200, "STALE", b"v1 #1")
@@ -377,7 +342,7 @@ def test_cold_page_whose_lock_holder_was_killed_is_rebuilt_by_another_process(cl
     kill_while_computing(app, holder, "/cold")
     assert cluster.lock("/cold") is not None  # the dead process's lock is still there
 
-    replies = Crowd(16, others, "/cold").start().finish()
+    replies = crowd_of(16, others, "/cold").start().finish()
     assert app.calls.value == 2
     assert set(replies) <= {Reply(200, "MISS", b"v1 #2"), Reply(200, "HIT", b"v1 #2")}
     assert labels(replies) == {"MISS": 1, "HIT": 15}
@@ -440,7 +405,7 @@ def test_uncacheable_url_is_not_serialised_across_processes(cluster):
 
     # The pass marker is in memcached: all processes send all 64 requests
     # straight to the app, where they must all be at once to pass the barrier.
-    replies = Crowd(CLIENTS, servers, "/me").start().finish()
+    replies = crowd_of(CLIENTS, servers, "/me").start().finish()
     assert app.calls.value == CLIENTS + 1
     assert {(r.status, r.cache) for r in replies} == {(200, "MISS")}
     assert len({r.body for r in replies}) == CLIENTS

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import socket
 import sys
@@ -31,6 +30,7 @@ from paste.deploy import loadapp
 from pagecache import ConfigError, encoding, http
 from pagecache.entry import Page, Pass, VaryMarker
 
+from .content import html_page, json_document
 from .servers import AppServer
 
 URL = "http://example.com/page"
@@ -39,77 +39,8 @@ ABSENT = object()  # no Accept-Encoding header at all
 
 # -- realistic content -------------------------------------------------------------------
 
-_WORDS = """the of and to in a is that for it as was with be by on not he this are or his from at
-which but have an they you were her she there one all we their can has been if more when will would
-who so no out up into do any time about new other people some could them only also than its over city
-after most first two year work school market report water policy system council river music season
-energy health research company county village government minister station museum garden harbour
-railway bridge festival library election budget climate coast island mountain valley forest winter
-summer spring autumn morning evening weekend holiday ticket player coach match league final record
-history science student teacher hospital doctor nurse patient service network traffic airport flight
-train driver street avenue square bakery kitchen recipe dinner lunch coffee bread cheese wine shop
-price cost profit loss share board member chair vote plan project design build open close launch
-announce review publish release update change reform protest strike agreement contract partner family
-children parents friends neighbours volunteers visitors residents local national regional global
-public private small large early late major minor quiet busy historic modern""".split()
-_WEIGHTS = [1.0 / (rank + 1) ** 0.9 for rank in range(len(_WORDS))]  # Zipf-like, as words in text are
-_AUTHORS = ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Edsger Dijkstra", "Barbara Liskov",
-            "Donald Knuth", "Ken Thompson", "Margaret Hamilton", "Radia Perlman", "Niklaus Wirth"]
-_SECTIONS = ["news", "sport", "culture", "business", "science", "travel", "food", "opinion"]
-
-
-def _sentence(rng: random.Random, low: int, high: int) -> str:
-    words = rng.choices(_WORDS, _WEIGHTS, k=rng.randint(low, high))
-    return " ".join(words).capitalize()
-
-
-def _article(rng: random.Random, number: int) -> str:
-    title = _sentence(rng, 5, 10)
-    section, author = rng.choice(_SECTIONS), rng.choice(_AUTHORS)
-    day = f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-    summary = ". ".join(_sentence(rng, 8, 20) for _ in range(rng.randint(2, 4))) + "."
-    tags = "".join(f'<li><a href="/tags/{tag}">{tag}</a></li>'
-                   for tag in sorted(set(rng.choices(_WORDS, _WEIGHTS, k=rng.randint(2, 5)))))
-    slug = "-".join(title.lower().split()[:6])
-    return (f'<article class="card card--{section}" id="a{number}">\n'
-            f'  <header><h2 class="card__title"><a href="/{section}/{number}/{slug}">{title}</a></h2>\n'
-            f'  <p class="card__meta">By <a href="/authors/{author.lower().replace(" ", "-")}">{author}</a> '
-            f'&middot; <time datetime="{day}T{rng.randint(6, 22):02d}:{rng.randint(0, 59):02d}:00Z">{day}</time> '
-            f'&middot; {rng.randint(2, 15)} min read</p></header>\n'
-            f'  <img src="/media/{number}-{rng.randrange(16 ** 8):08x}.jpg" alt="" width="640" height="360">\n'
-            f'  <p class="card__summary">{summary}</p>\n'
-            f'  <ul class="tags">{tags}</ul>\n'
-            f'</article>\n')
-
-
-def html_page(size: int, seed: int = 1) -> bytes:
-    """An article list of about ``size`` bytes (at least that), varied words from a fixed seed."""
-    rng = random.Random(seed)
-    parts = ['<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-             '<title>Latest articles - The Daily Example</title>\n'
-             '<link rel="stylesheet" href="/static/site.css">\n</head>\n<body>\n<nav class="top">'
-             + "".join(f'<a href="/{s}">{s.title()}</a>' for s in _SECTIONS) + '</nav>\n<main class="list">\n']
-    tail = '</main>\n<footer><p>The Daily Example - <a href="/about">About</a></p></footer>\n</body>\n</html>\n'
-    total, number = len(parts[0]) + len(tail), 1000
-    while total < size:
-        number += 1
-        parts.append(_article(rng, number))
-        total += len(parts[-1])
-    return ("".join(parts) + tail).encode("ascii")
-
-
 def exactly(size: int, seed: int = 1) -> bytes:
     return html_page(size, seed)[:size]
-
-
-def json_document(size: int, seed: int = 2) -> bytes:
-    rng = random.Random(seed)
-    items: List[dict] = []
-    while len(json.dumps(items)) < size:
-        items.append({"id": 5000 + len(items), "title": _sentence(rng, 4, 9), "author": rng.choice(_AUTHORS),
-                      "section": rng.choice(_SECTIONS), "score": round(rng.random() * 100, 2),
-                      "summary": _sentence(rng, 12, 30) + "."})
-    return json.dumps({"count": len(items), "items": items}).encode("ascii")
 
 
 PAGE = html_page(20 * 1024)
@@ -522,9 +453,28 @@ def test_garbage_claiming_gzip_is_not_stored(load, body):
 
 
 @pytest.mark.parametrize("coding", ["compress", "deflate", "zstd", "gzip, gzip", "x-custom"])
-def test_an_encoding_pagecache_cannot_decode_is_not_stored(load, coding):
-    body = zlib.compress(PAGE)  # whatever it is, pagecache can't turn it back into identity
+def test_an_encoding_pagecache_cannot_decode_is_stored_as_it_is_when_it_does_not_vary(load, coding):
+    """Without Vary: Accept-Encoding, the application says every client may
+    have these bytes (it sends them whatever a client accepts): they are
+    stored and served as they are, as any HTTP cache does."""
+    body = zlib.compress(PAGE)
     app = App(body, [("Content-Type", "text/html"), ("Content-Encoding", coding)])
+    filter_ = load(app)
+    labels = []
+    for client in (CLIENTS[0], CLIENTS[3], CLIENTS[0]):
+        answer = call(filter_.middleware, headers=headers_for(client))
+        assert answer.status == 200 and answer.get("Content-Encoding") == coding and answer.body == body
+        labels.append(answer.get("X-Cache"))
+    assert labels == ["MISS", "HIT", "HIT"]
+    page = stored(filter_)
+    assert type(page) is Page and page.encoding == "" and page.body == body
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize("coding", ["compress", "deflate", "zstd", "gzip, gzip", "x-custom"])
+def test_an_encoding_pagecache_cannot_decode_is_not_stored_when_it_varies(load, coding):
+    body = zlib.compress(PAGE)  # whatever it is, pagecache can't turn it back into identity
+    app = App(body, [("Content-Type", "text/html"), ("Content-Encoding", coding), ("Vary", "Accept-Encoding")])
     filter_ = load(app)
     for client in (CLIENTS[0], CLIENTS[3]):
         answer = call(filter_.middleware, headers=headers_for(client))

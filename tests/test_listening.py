@@ -38,7 +38,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -53,6 +52,7 @@ from pagecache.entry import MUST_REVALIDATE, VALIDATORS, Page, Pass
 from .apps.harness import HOST, Browser, CallLog, Reply, Served, deploy, send  # noqa: F401 (deploy: fixture)
 from .apps.pyramid_site import main as pyramid_site
 from .conftest import stored, wait_until
+from .crowds import Crowd
 from .servers import AppServer
 
 WHOLE_SITE = "/ ttl=0"      # one rule for the whole site, giving no lifetime: the responses decide
@@ -158,51 +158,6 @@ def labels(replies: Sequence[Reply]) -> Dict[Optional[str], int]:
 
 def page_at(middleware: PageCacheMiddleware, path: str, host: str = LOCAL_HOST) -> Any:
     return stored(middleware, f"http://{host}{path}")
-
-
-class Crowd:
-    """``n`` threads released together by a barrier, each calling ``visit(i)``;
-    :attr:`answered` is how many have their answer so far."""
-
-    def __init__(self, n: int, visit: Callable[[int], Reply]):
-        self.replies: List[Reply] = []
-        self.errors: List[BaseException] = []
-        self._lock = threading.Lock()
-        self._barrier = threading.Barrier(n)
-        self._visit = visit
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
-
-    def start(self) -> "Crowd":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _run(self, i: int) -> None:
-        try:
-            self._barrier.wait(HOLD)
-            reply = self._visit(i)
-        except BaseException as error:  # reported by finish()
-            self.errors.append(error)
-            return
-        with self._lock:
-            self.replies.append(reply)
-
-    @property
-    def answered(self) -> int:
-        with self._lock:
-            return len(self.replies)
-
-    def so_far(self) -> List[Reply]:
-        with self._lock:
-            return list(self.replies)
-
-    def finish(self) -> List[Reply]:
-        for thread in self._threads:
-            thread.join(HOLD * 2)
-            assert not thread.is_alive(), "a client of the crowd never got its answer"
-        if self.errors:
-            raise self.errors[0]
-        return self.replies
 
 
 # -- the site across processes, on one clock -----------------------------------
@@ -597,7 +552,7 @@ def rebuilt_once_while_the_crowd_gets_stale(control: Control, visit: Callable[[i
     control.hold("swr")
     crowd = Crowd(CROWD, visit).start()
     try:
-        wait_until(lambda: crowd.answered == CROWD - 1 and control.entered("swr") == 1, timeout=HOLD)
+        wait_until(lambda: crowd.arrived == CROWD - 1 and control.entered("swr") == 1, timeout=HOLD)
         early = crowd.so_far()
     finally:
         control.release("swr")

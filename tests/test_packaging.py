@@ -28,7 +28,7 @@ import pagecache
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_LEVEL = ("README.md", "CHANGES", "LICENSE", "development.ini", "dev.py", "setup.cfg", "setup.py",
              "MANIFEST.in")
-TREES = ("pagecache/*.py", "tests/*.py", "tests/*.ini", "bench/*.py")
+TREES = ("pagecache/*.py", "tests/*.py", "tests/*.ini", "tests/apps/*.py", "bench/*.py", "bench/*.ini", "docs/*.png")
 
 
 def _env() -> Dict[str, str]:
