@@ -5,14 +5,17 @@ A waitress server (a child process) runs the ``[pipeline:main]`` of a
 generated INI file: ``egg:pagecache#main`` on two real memcached servers in
 front of a small application. Client threads keep requesting hot pages (hits,
 stale copies in grace, rebuilds), cold pages (misses), pages that vary on
-``Accept-Encoding``, private pages (never stored), large pages (streamed past
+``Accept-Encoding`` (half of them gzipped by the application itself for
+clients that accept it), private pages (never stored), large pages (streamed past
 ``max_entry_size``), URLs no rule matches, and ``PURGE`` hot pages. Meanwhile
 memcached is faulted in turn: one server SIGKILLed then started again, one
 restarted, one hung (SIGSTOP) then resumed, both killed then started.
 
 Reported: requests served; errors caused by the cache (target 0): any 5xx
 (the application never answers one), a body that is not the page of the URL
-(or of the variant) asked for, a connection that fails; the server process's
+asked for, a ``Content-Encoding`` the client did not accept (or a body that
+does not decode), a page that varies without ``Vary: Accept-Encoding``, a
+connection that fails; the server process's
 resident memory after a warm-up and at the end (target: flat, end/start <=
 1.10); throughput while a fault is on against outside faults (information).
 
@@ -25,6 +28,7 @@ resident memory after a warm-up and at the end (target: flat, end/start <=
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import os
 import random
@@ -101,15 +105,21 @@ def app_factory(global_conf: Dict, **local_conf: str) -> Callable:
         path = environ.get("PATH_INFO", "")
         headers = [("Content-Type", "text/plain")]
         extra = ""
+        encode = False
         if path.startswith("/vary/"):
-            extra = environ.get("HTTP_ACCEPT_ENCODING", "")
+            encode = path.endswith(("0", "2", "4", "6", "8")) and "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+            extra = "gzip" if encode else "identity"
             headers.append(("Vary", "Accept-Encoding"))
         if path.startswith("/private/"):
             headers.append(("Cache-Control", "private"))
         if environ.get("REQUEST_METHOD") == "PURGE":  # PURGE reaches the app only if the filter let it
             extra = "purge reached the app"
+        body = page_body(path, extra, number)
+        if encode:
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
         start_response("200 OK", headers)
-        return [page_body(path, extra, number)]
+        return [body]
     return app
 
 
@@ -163,7 +173,7 @@ def pick(rng: random.Random) -> Tuple[str, str, Dict[str, str], str]:
     elif roll < 0.82:
         path = f"/vary/{rng.randrange(VARY)}"
         headers["Accept-Encoding"] = rng.choice(ENCODINGS)
-        return "GET", path, headers, f"{path}|{headers['Accept-Encoding']}|"
+        return "GET", path, headers, f"{path}|"
     elif roll < 0.88:
         path = f"/private/{rng.randrange(PRIVATE)}"
     elif roll < 0.91:
@@ -173,6 +183,29 @@ def pick(rng: random.Random) -> Tuple[str, str, Dict[str, str], str]:
     else:
         return "PURGE", f"/hot/{rng.randrange(HOT)}", headers, ""
     return "GET", path, headers, f"{path}||"
+
+
+def representation_problem(response: http.client.HTTPResponse, body: bytes, headers: Dict[str, str],
+                           expected: str) -> str:
+    """What is wrong with a 200 answer for this client ('' if nothing): the
+    page of the URL, in a coding the client accepts. A page that varies on
+    ``Accept-Encoding`` may come from a rendering for another client: the
+    application's answer is the same page whatever its coding."""
+    coding = response.getheader("Content-Encoding", "identity")
+    if coding == "gzip":
+        if "gzip" not in headers.get("Accept-Encoding", ""):
+            return "coding not accepted"
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            return "body does not decode"
+    elif coding != "identity":
+        return "coding not accepted"
+    if not body.startswith(expected.encode("utf-8")):
+        return "wrong page"
+    if "Accept-Encoding" in headers and "accept-encoding" not in response.getheader("Vary", "").lower():
+        return "no Vary"
+    return ""
 
 
 def client_loop(port: int, stop: threading.Event, tally: Tally, seed: int) -> None:
@@ -200,8 +233,12 @@ def client_loop(port: int, stop: threading.Event, tally: Tally, seed: int) -> No
         elif method == "PURGE":
             if response.status not in (200, 404):
                 tally.error("purge", f"PURGE {path}: {response.status} {body[:100]!r}")
-        elif response.status != 200 or not body.startswith(expected.encode("utf-8")):
+        elif response.status != 200:
             tally.error("wrong page", f"{path} {headers}: {response.status} {body[:80]!r}")
+        else:
+            problem = representation_problem(response, body, headers, expected)
+            if problem:
+                tally.error(problem, f"{path} {headers}: {response.getheader('Content-Encoding')} {body[:80]!r}")
         if response.getheader("Connection", "").lower() == "close":
             connection.close()
             connection = None
