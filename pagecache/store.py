@@ -29,7 +29,8 @@ from .stats import Stats
 log = logging.getLogger("pagecache")
 
 WARN_EVERY = 10.0
-DOUBTFUL_MAX = 32            # locks whose add got no answer, remembered for release
+DOUBTFUL_MAX = 128           # locks to release when the cache answers again
+DOUBTFUL_TOKENS = 8          # of the unanswered adds of one lock, the first ones
 RELEASE_EVERY = 1.0          # seconds between looks for them
 PARSED_MAX = 512             # entries kept parsed, by key
 PARSED_BYTES = 4 << 20       # bytes they take, as read and as parsed
@@ -62,9 +63,10 @@ class Store:
         self._warn_lock = threading.Lock()
         self._quiet_until = 0.0
         self._suppressed = 0
-        # lock key -> (token, expiry): an add that timed out may still have
-        # been carried out when the server came back, holding the lock for nobody
-        self._doubtful: Dict[str, Tuple[bytes, float]] = {}
+        # lock key -> {token: expiry}: an add that timed out may still have been
+        # carried out when the server came back, holding the lock for nobody;
+        # any of the adds of one key may be the one (the first sent, most often)
+        self._doubtful: Dict[str, Dict[bytes, float]] = {}
         self._held: Dict[bytes, float] = {}  # tokens of the locks taken, -> when they expire
         self._doubtful_lock = threading.Lock()
         self._next_release = 0.0
@@ -224,7 +226,7 @@ class Store:
         released = self._release(key, token)
         expires = self._held.pop(token, None)
         if not released and expires is not None:
-            self._doubt(key, token, expires - time.monotonic())
+            self._doubt(key, token, expires - time.monotonic(), held=True)
         return released
 
     def _release(self, key: str, token: bytes) -> bool:
@@ -241,12 +243,20 @@ class Store:
             held = held.encode("ascii", "replace")
         return held if isinstance(held, bytes) else None
 
-    def _doubt(self, key: str, token: bytes, seconds: float) -> None:
+    def _doubt(self, key: str, token: bytes, seconds: float, held: bool = False) -> None:
+        """Remember a lock ``token`` may hold, to release later: one whose add
+        got no answer, or (``held``) one this process took and could not
+        release. Of a key's unanswered adds the first ones are kept (sent
+        first, they are the likeliest to have been carried out); a held one
+        is always kept."""
         with self._doubtful_lock:
-            self._doubtful.pop(key, None)
-            if len(self._doubtful) >= DOUBTFUL_MAX:
-                del self._doubtful[next(iter(self._doubtful))]
-            self._doubtful[key] = (token, time.monotonic() + seconds)
+            tokens = self._doubtful.get(key)
+            if tokens is None:
+                if len(self._doubtful) >= DOUBTFUL_MAX:
+                    del self._doubtful[next(iter(self._doubtful))]
+                tokens = self._doubtful[key] = {}
+            if len(tokens) < DOUBTFUL_TOKENS or (held and len(tokens) < 2 * DOUBTFUL_TOKENS):
+                tokens[token] = time.monotonic() + seconds
 
     def _release_doubtful(self) -> None:
         """Release the locks whose add got no answer, if they were taken after
@@ -257,9 +267,15 @@ class Store:
             if now < self._next_release:
                 return  # another thread is at it
             self._next_release = now + RELEASE_EVERY
-            doubtful = list(self._doubtful.items())
-        for key, (token, expires) in doubtful:
-            if expires <= now or self._release(key, token):
-                with self._doubtful_lock:
-                    if self._doubtful.get(key, (None,))[0] == token:
+            doubtful = [(key, dict(tokens)) for key, tokens in self._doubtful.items()]
+        for key, tokens in doubtful:
+            held = self._lock_value(key)
+            done = [token for token, expires in tokens.items()
+                    if expires <= now or (token == held and self.delete(key))]
+            with self._doubtful_lock:
+                left = self._doubtful.get(key)
+                if left is not None:
+                    for token in done:
+                        left.pop(token, None)
+                    if not left:
                         del self._doubtful[key]

@@ -190,6 +190,21 @@ def test_locks_whose_add_got_no_answer_are_released_once_the_cache_answers():
     assert isinstance(store.lock("l:a", 60), bytes)
 
 
+def test_every_unanswered_add_of_a_lock_is_remembered_not_only_the_last():
+    """The first add is carried out, the second (another token) is not: the
+    lock holds the first token, which must still be released."""
+    cache = AddsWithoutAnswering(MemoryCache(), late=True)
+    store = Store(cache, Stats())
+    assert store.lock("l:a", 60) is UNAVAILABLE
+    cache.resume()                               # the first add reaches the server
+    cache.unanswered.clear()
+    assert store.lock("l:a", 60) is UNAVAILABLE   # this one never does
+    cache.failing = False
+    assert isinstance(store.lock("l:b", 60), bytes)
+    assert cache.get("l:a") is None
+    assert isinstance(store.lock("l:a", 60), bytes)
+
+
 def test_at_most_a_bounded_number_of_doubtful_locks_is_remembered():
     cache = AddsWithoutAnswering(MemoryCache())
     store = Store(cache, Stats())
@@ -242,6 +257,28 @@ def test_a_lock_that_could_not_be_released_is_released_once_the_cache_answers():
     assert isinstance(store.lock("l:b", 60), bytes)  # answered: l:a is looked for and released
     assert cache.get("l:a") is None
     assert store.unlock("l:b", cache.get("l:b")) is True
+
+
+def test_a_held_lock_is_released_after_unanswered_adds_of_the_same_key():
+    """A request took the lock and could not release it; later requests for
+    the page got no answer to their adds (the server out of the client's ring):
+    the lock it holds is still released once the cache answers, not left to
+    lock_timeout while every request for the page waits."""
+    failing = GetsWithoutAnswering(MemoryCache())
+    cache = AddsWithoutAnswering(failing, late=True)
+    cache.failing = False
+    store = Store(cache, Stats())
+    token = store.lock("l:a", 60)
+    failing.failing = True
+    assert store.unlock("l:a", token) is False
+    failing.failing = False
+    cache.failing = True
+    for _ in range(DOUBTFUL_MAX + 8):
+        assert store.lock("l:a", 60) is UNAVAILABLE   # never carried out
+    cache.failing = False
+    assert isinstance(store.lock("l:b", 60), bytes)
+    assert failing.cache.get("l:a") is None
+    assert isinstance(store.lock("l:a", 60), bytes)
 
 
 @pytest.fixture
