@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple, Union
 
 from . import encoding
-from .entry import GENERATED_ETAG, Headers, Page
+from .entry import GENERATED_ETAG, Headers, Page, header_value
 from .http import make_etag
 
 Representation = Tuple[Headers, bytes]
@@ -59,8 +59,7 @@ class Compression:
         return max_entry_size
 
     def _compressible(self, headers: Headers) -> bool:
-        content_type = next((value for name, value in headers if name.lower() == "content-type"), None)
-        return encoding.compressible(content_type, self.types)
+        return encoding.compressible(header_value(headers, "content-type"), self.types)
 
     def prepare(self, status: str, headers: Headers, kept: Headers, body: bytes, flags: str
                 ) -> Union[str, Tuple[Headers, bytes, str, int, str]]:
@@ -88,7 +87,7 @@ class Compression:
         except encoding.CodingError as error:
             return f"Content-Encoding {given} that does not decode: {error}"
         stored = _without(kept, "content-length", "content-encoding")
-        etag = next((value for name, value in stored if name.lower() == "etag"), None)
+        etag = header_value(stored, "etag")
         plain = encoding.identity_etag(etag, given) if etag is not None else None
         if plain is None:  # the application's ETag names its encoded bytes: make one for the identity body
             stored = _without(stored, "etag") + [("ETag", make_etag(identity))]

@@ -42,10 +42,11 @@ import itertools
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote
 
-Headers = List[Tuple[str, str]]
+from .entry import Headers
+
 
 #: The dashboard (pagecache's stats_path in development.ini).
 DASHBOARD = "/_pagecache/stats"
@@ -402,7 +403,7 @@ class DemoApp:
         with self._lock:
             number = next(self._count)
         self.pause(path)
-        headers: List[Tuple[str, str]] = [("Cache-Control", "private")] if page.private else []
+        headers: Headers = [("Cache-Control", "private")] if page.private else []
         if not page.private and "ESI/1.0" in environ.get("HTTP_SURROGATE_CAPABILITY", ""):
             # rendered for a cache that fills the greeting in for each request: one page for everybody
             personal = greeting_include(path)

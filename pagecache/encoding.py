@@ -54,12 +54,13 @@ import struct
 import zlib
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-try:  # optional: pip install 'brotli>=1.2' (no extra in setup.cfg declares it yet)
+from .entry import Headers, header_value
+
+try:  # optional: pip install 'pagecache[brotli]'
     import brotli as _brotli
 except ImportError:  # pragma: no cover - depends on the environment
     _brotli = None
 
-Headers = List[Tuple[str, str]]  # as pagecache.entry.Headers
 
 
 def _bounded_brotli() -> bool:
@@ -292,13 +293,6 @@ MIN_LENGTH = 256
 and the work of decoding outweigh what a tiny body could save."""
 
 
-def _header(headers: Headers, name: str) -> Optional[str]:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
 def worth_compressing(status: str, headers: Headers, length: int,
                       types: Sequence[str] = DEFAULT_TYPES, min_length: int = MIN_LENGTH) -> bool:
     """Whether pagecache should store a compressed copy of a response: a
@@ -313,16 +307,16 @@ def worth_compressing(status: str, headers: Headers, length: int,
         return False
     if length < min_length:
         return False
-    encoding = _header(headers, "content-encoding")
+    encoding = header_value(headers, "content-encoding")
     if encoding is not None and encoding.strip(_OWS).lower() not in ("", "identity"):
         return False
-    if _header(headers, "content-range") is not None:
+    if header_value(headers, "content-range") is not None:
         return False
     for key, value in headers:
         if key.lower() == "cache-control" and any(
                 part.strip(_OWS).lower() == "no-transform" for part in value.split(",")):
             return False
-    return compressible(_header(headers, "content-type"), types)
+    return compressible(header_value(headers, "content-type"), types)
 
 
 def worth_keeping(identity_length: int, encoded_length: int) -> bool:

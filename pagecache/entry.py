@@ -28,6 +28,12 @@ from typing import Callable, FrozenSet, List, Optional, Tuple, Union
 
 Headers = List[Tuple[str, str]]
 
+
+def header_value(headers: Headers, name: str) -> Optional[str]:
+    """The first value of the header ``name`` (given in lower case), or None."""
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
 MAGIC = b"PC2 "
 FRESH, GRACE, ERROR_ONLY, EXPIRED = "fresh", "grace", "error-only", "expired"
 

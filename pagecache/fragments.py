@@ -43,7 +43,8 @@ from urllib.parse import unquote, urlsplit
 
 from . import esi, http
 from .capture import capture
-from .entry import ESI, SHARED, Headers, Page
+from .entry import ESI, SHARED, Headers, Page, header_value
+from .keys import RequestURL, request_url
 
 log = logging.getLogger("pagecache")
 
@@ -178,8 +179,7 @@ class Fragments:
         _, keys, entries, assembled = found
         personal = None
         if "HTTP_COOKIE" in environ or "HTTP_AUTHORIZATION" in environ or environ.get("REMOTE_USER"):
-            personal = http.bypass_reason({name: environ.get(name) for name in PERSONAL if name in environ},
-                                          self.middleware.bypass_cookies)
+            personal = self._personal(environ)
             if personal is not None and personal != "cookie":
                 return None
         middleware = self.middleware
@@ -215,8 +215,7 @@ class Fragments:
         if wanted:
             found.update(middleware.store.load_many(wanted))
         now = middleware.clock()
-        personal = http.bypass_reason({name: environ.get(name) for name in PERSONAL if name in environ},
-                                      middleware.bypass_cookies)
+        personal = self._personal(environ)
         usable = {}
         for url, key in keys.items():
             entry = found.get(key)
@@ -229,11 +228,12 @@ class Fragments:
 
     def _from_cache(self, environ: Dict, route: Any, url: str, entry: Page, chain: Tuple[str, ...]) -> esi.Fetched:
         middleware = self.middleware
-        middleware.stats.incr("hits", 1, middleware.routes[self._request_url(environ, url)].index)
+        fragment_route = middleware.routes[self._request_url(environ, url)]
+        middleware.stats.incr("hits", 1, fragment_route.index)
         if ESI in entry.flags:
             try:
                 sub = self._sub_environ(environ, url, chain)
-                _, body, inner = self.assemble(sub, middleware.routes[self._request_url(environ, url)], entry)
+                _, body, inner = self.assemble(sub, fragment_route, entry)
             except Failure:
                 return esi.Fetched(False, (), Fragment(url, "HIT", 500, False))
             personal = any(fragment.personal for fragment in inner)
@@ -263,8 +263,8 @@ class Fragments:
         try:
             code = http.status_code(captured.status)
             headers = captured.headers
-            label = next((value for name, value in headers if name.lower() == "x-cache"), "")
-            status_line = next((value for name, value in headers if name.lower() == "cache-status"), "")
+            label = header_value(headers, "x-cache") or ""
+            status_line = header_value(headers, "cache-status") or ""
             control = ",".join(value for name, value in headers if name.lower() == "cache-control").lower()
             shared = ("; hit" in status_line or "stored" in status_line) and "private" not in control
             cookies = http.set_cookies(headers)
@@ -294,10 +294,14 @@ class Fragments:
             path = path[len(script):]
         return path, parts.query
 
-    def _request_url(self, environ: Dict, url: str) -> tuple:
-        path, query = self._path_of(environ, url)
-        return (path, query, environ.get("HTTP_HOST", ""), environ.get("SCRIPT_NAME", ""),
-                environ.get("wsgi.url_scheme", "http"))
+    def _request_url(self, environ: Dict, url: str) -> RequestURL:
+        """The request URL of the sub-request for ``url`` (see :meth:`_sub_environ`)."""
+        return self._path_of(environ, url) + request_url(environ)[2:]
+
+    def _personal(self, environ: Dict) -> Optional[str]:
+        """Why this request may not be served shared entries (None: it may)."""
+        return http.bypass_reason({name: environ.get(name) for name in PERSONAL if name in environ},
+                                  self.middleware.bypass_cookies)
 
     @staticmethod
     def _url(environ: Dict, route: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Dict, FrozenSet, Iterable, Optional, Tuple
 
 from .cookies import carries_any, has_cookies
 from .encoding import normalised_accept_encoding
-from .entry import NEVER_STORED, Headers
+from .entry import NEVER_STORED, Headers, header_value
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 COOKIE = "cookie"  # the bypass reason a page shared with cookies (ESI, public) overrides
@@ -159,7 +159,7 @@ def not_modified(environ: Dict, status: str, headers: Headers) -> bool:
         return False
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
-        etag = _header(headers, "etag")
+        etag = header_value(headers, "etag")
         if etag is None:
             return False
         if if_none_match.strip() == "*":
@@ -168,7 +168,7 @@ def not_modified(environ: Dict, status: str, headers: Headers) -> bool:
         return any(_weak(tag) == wanted for tag in if_none_match.split(","))
     if_modified_since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if if_modified_since is not None:
-        last_modified = _header(headers, "last-modified")
+        last_modified = header_value(headers, "last-modified")
         since, modified = http_date(if_modified_since), http_date(last_modified)
         return since is not None and modified is not None and modified <= since
     return False
@@ -177,10 +177,6 @@ def not_modified(environ: Dict, status: str, headers: Headers) -> bool:
 def not_modified_headers(headers: Headers) -> Headers:
     """The headers of a stored page that a 304 for it carries."""
     return [(name, value) for name, value in headers if name.lower() in NOT_MODIFIED_HEADERS]
-
-
-def _header(headers: Headers, name: str) -> Optional[str]:
-    return next((value for key, value in headers if key.lower() == name), None)
 
 
 def _weak(tag: str) -> str:

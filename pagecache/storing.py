@@ -20,7 +20,7 @@ from typing import Optional, Tuple, Union
 
 from . import freshness, http, revalidation, urls
 from .capture import Captured
-from .entry import ESI, GENERATED_ETAG, SHARED, Page, Pass, VaryMarker
+from .entry import ESI, GENERATED_ETAG, SHARED, Page, Pass, VaryMarker, header_value
 from .exchange import Exchange, NotStored, Stored
 from .fragments import Fragments
 from .tags import parse_header
@@ -130,7 +130,7 @@ class StoringSteps:
             log.warning("ESI that does not parse, not stored: %s", error)
             return f"ESI that does not parse: {error}"
         if len(parts) > self.max_entry_size:
-            return "larger than max_entry_size"
+            return TOO_LARGE
         kept, _ = http.headers_to_store(headers, None, self._dropped_headers + tuple(decision.dropped))
         kept = [(name, value) for name, value in kept if name.lower() not in ("content-length", "content-encoding")]
         return Page(status, kept, parts, decision.stored, decision.ttl, decision.grace, decision.stale,
@@ -153,8 +153,8 @@ class StoringSteps:
 
     def _deceptive(self, exchange: Exchange, captured: Captured) -> Optional[str]:
         """A URL that looks like a static file stores only a response of that type."""
-        content_type = next((value for name, value in captured.headers if name.lower() == "content-type"), None)
-        return urls.static_type_mismatch(exchange.environ.get("PATH_INFO", ""), content_type)
+        return urls.static_type_mismatch(exchange.environ.get("PATH_INFO", ""),
+                                         header_value(captured.headers, "content-type"))
 
     def _stored(self, exchange: Exchange, page: Page, cookies: http.Headers, now: float,
                 revalidated: bool = False) -> Stored:

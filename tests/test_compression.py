@@ -593,14 +593,18 @@ def test_a_2mb_html_page_is_stored_compressed_under_max_entry_size(load, memcach
     assert app.calls == 1 and len(page_keys(memcached, filter_)) == 1
 
 
-@pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream"])
-def test_an_incompressible_2mb_body_is_not_stored(load, content_type):
-    app = App(INCOMPRESSIBLE, [("Content-Type", content_type)])
-    filter_ = load(app)
+@pytest.mark.parametrize("body, content_type, options", [
+    (INCOMPRESSIBLE, "text/html", ""),                        # incompressible, 2 MB
+    (INCOMPRESSIBLE, "application/octet-stream", ""),
+    (html_page(2 << 20), "text/html", "compress_max_size = 1MB\n"),  # over compress_max_size
+], ids=["incompressible-html", "incompressible-binary", "over-compress_max_size"])
+def test_a_2mb_body_that_does_not_fit_is_not_stored(load, body, content_type, options):
+    app = App(body, [("Content-Type", content_type)])
+    filter_ = load(app, options)
     for client in (CLIENTS[0], CLIENTS[3]):
         answer = call(filter_.middleware, headers=headers_for(client))
         assert answer.status == 200 and answer.get("X-Cache") == "MISS"
-        assert answer.get("Content-Encoding") is None and answer.body == INCOMPRESSIBLE
+        assert answer.get("Content-Encoding") is None and answer.body == body
     assert type(stored(filter_)) is Pass
     assert app.calls == 2
 
@@ -646,18 +650,6 @@ def test_a_body_too_big_even_compressed_is_not_compressed_again_on_every_request
         assert answer.body == INCOMPRESSIBLE and answer.get("X-Cache") == "MISS"
     assert type(stored(filter_)) is Pass and app.calls == 3
     assert len(sizes) <= 1, f"compressed {len(sizes)} times: {sizes}"
-
-
-def test_a_page_over_compress_max_size_is_not_stored(load):
-    big = html_page(2 << 20)
-    app = App(big, [("Content-Type", "text/html")])
-    filter_ = load(app, "compress_max_size = 1MB\n")
-    for client in (CLIENTS[0], CLIENTS[3]):
-        answer = call(filter_.middleware, headers=headers_for(client))
-        assert answer.status == 200 and answer.get("X-Cache") == "MISS"
-        assert answer.get("Content-Encoding") is None and answer.body == big
-    assert type(stored(filter_)) is Pass
-    assert app.calls == 2
 
 
 def test_a_big_page_on_the_wire(load):

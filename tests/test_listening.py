@@ -510,16 +510,24 @@ def test_invalidation_reaches_another_process(deploy):
 
 # == 5. the dog-pile, with lifetimes from the responses ================================
 
+def one_render_while_the_others_wait(control: Control, name: str, visit: Callable[[int], Reply],
+                                     waits: Callable[[], int]) -> List[Reply]:
+    """A crowd asks for the page ``name`` while its one render is held; the
+    render is let go once the 31 others wait for it (``waits``: the cache's
+    waits counter). All the replies."""
+    control.hold(name)
+    crowd = Crowd(CROWD, visit).start()
+    try:
+        wait_until(lambda: control.entered(name) == 1 and waits() == CROWD - 1, timeout=HOLD)
+    finally:
+        control.release(name)
+    return crowd.finish()
+
+
 def test_a_cold_page_requested_by_32_threads_is_computed_once(make, site):
     cache = make(site.app, WHOLE_SITE, wait_timeout=HOLD)
-    site.control.hold("cold")
-    crowd = Crowd(CROWD, lambda i: get(cache, "/policy/cold")).start()
-    try:
-        wait_until(lambda: site.control.entered("cold") == 1 and cache.stats.snapshot()["waits"] == CROWD - 1,
-                   timeout=HOLD)
-    finally:
-        site.control.release("cold")
-    replies = crowd.finish()
+    replies = one_render_while_the_others_wait(site.control, "cold", lambda i: get(cache, "/policy/cold"),
+                                               lambda: cache.stats.snapshot()["waits"])
     assert site.control.renders("cold") == 1 and site.calls.count(path="/policy/cold") == 1
     assert labels(replies) == {"MISS": 1, "HIT": CROWD - 1}
     assert {reply.body for reply in replies} == {replies[0].body} and b"cold v1 render #1" in replies[0].body
@@ -529,13 +537,8 @@ def test_a_cold_page_requested_by_32_threads_is_computed_once(make, site):
 
 def test_a_cold_page_requested_by_32_clients_of_two_processes_is_computed_once(cluster):
     site = cluster()
-    site.control.hold("cold")
-    crowd = Crowd(CROWD, lambda i: site.get(i % 2, "/policy/cold")).start()
-    try:
-        wait_until(lambda: site.control.entered("cold") == 1 and site.counter("waits") == CROWD - 1, timeout=HOLD)
-    finally:
-        site.control.release("cold")
-    replies = crowd.finish()
+    replies = one_render_while_the_others_wait(site.control, "cold", lambda i: site.get(i % 2, "/policy/cold"),
+                                               lambda: site.counter("waits"))
     assert site.control.renders("cold") == 1 and site.calls.count(path="/policy/cold") == 1
     assert labels(replies) == {"MISS": 1, "HIT": CROWD - 1}
     assert {reply.body for reply in replies} == {replies[0].body}
@@ -603,15 +606,9 @@ def test_stale_beats_broken_with_stale_if_error_from_the_response(make, clock, s
     site.control.fail("sie", failure)
 
     # a crowd: one request tries the rebuild (held, then failing), the others wait for it
-    site.control.hold("sie")
     calls = site.calls.mark()
-    crowd = Crowd(CROWD, lambda i: get(cache, "/policy/sie")).start()
-    try:
-        wait_until(lambda: site.control.entered("sie") == 1 and cache.stats.snapshot()["waits"] == CROWD - 1,
-                   timeout=HOLD)
-    finally:
-        site.control.release("sie")
-    replies = crowd.finish()
+    replies = one_render_while_the_others_wait(site.control, "sie", lambda i: get(cache, "/policy/sie"),
+                                               lambda: cache.stats.snapshot()["waits"])
     assert {(reply.status, reply.cache, reply.body) for reply in replies} == {(200, "STALE", first.body)}
     assert site.calls.count(path="/policy/sie", since=calls) == 1
     assert page_at(cache, "/policy/sie") == good  # nothing broken was stored

@@ -41,7 +41,7 @@ import html
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound, HTTPSeeOther
@@ -392,20 +392,20 @@ def item_change(request: Any) -> Response:
     return response
 
 
+def add_page(config: Configurator, name: str, pattern: str, view: Callable, **predicates: Any) -> None:
+    """The route ``name`` at ``pattern``, answered for GET and HEAD by ``view``."""
+    config.add_route(name, pattern)
+    config.add_view(view, route_name=name, request_method=("GET", "HEAD"), **predicates)
+
+
 def add_listening_views(config: Configurator) -> None:
     for seconds in (5, 60):
-        config.add_route(f"http_cache_{seconds}", f"/http-cache/{seconds}")
-        config.add_view(http_cached, route_name=f"http_cache_{seconds}", request_method=("GET", "HEAD"),
-                        http_cache=seconds)
-    config.add_route("policy", "/policy/{name}")
-    config.add_view(policy_page, route_name="policy", request_method=("GET", "HEAD"))
-    config.add_route("validated", "/validated/{kind:etag|last-modified}/{name}")
-    config.add_view(validated_page, route_name="validated", request_method=("GET", "HEAD"), http_cache=1)
-    config.add_route("note", "/notes/{id}")
-    config.add_view(note_html, route_name="note", request_method=("GET", "HEAD"))
+        add_page(config, f"http_cache_{seconds}", f"/http-cache/{seconds}", http_cached, http_cache=seconds)
+    add_page(config, "policy", "/policy/{name}", policy_page)
+    add_page(config, "validated", "/validated/{kind:etag|last-modified}/{name}", validated_page, http_cache=1)
+    add_page(config, "note", "/notes/{id}", note_html)
     config.add_view(note_update, route_name="note", request_method="POST")
-    config.add_route("item", "/items/{id}")
-    config.add_view(item_get, route_name="item", request_method=("GET", "HEAD"))
+    add_page(config, "item", "/items/{id}", item_get)
     config.add_view(item_change, route_name="item", request_method=("PUT", "DELETE", "POST"), require_csrf=False)
 
 
@@ -590,18 +590,12 @@ def esi_plain(request: Any) -> Response:
 
 
 def add_esi_views(config: Configurator) -> None:
-    config.add_route("esi_page", "/esi/page/{name}")
-    config.add_view(esi_page, route_name="esi_page", request_method=("GET", "HEAD"))
-    config.add_route("esi_greeting", "/esi/greeting")
-    config.add_view(esi_greeting, route_name="esi_greeting", request_method=("GET", "HEAD"))
-    config.add_route("esi_visits", "/esi/visits")
-    config.add_view(esi_visits, route_name="esi_visits", request_method=("GET", "HEAD"))
-    config.add_route("esi_fragment", "/esi/fragment/{name}")
-    config.add_view(esi_fragment, route_name="esi_fragment", request_method=("GET", "HEAD"))
-    config.add_route("esi_nest", r"/esi/nest/{n:\d+}")
-    config.add_view(esi_nest, route_name="esi_nest", request_method=("GET", "HEAD"))
-    config.add_route("esi_plain", "/esi/plain")
-    config.add_view(esi_plain, route_name="esi_plain", request_method=("GET", "HEAD"))
+    add_page(config, "esi_page", "/esi/page/{name}", esi_page)
+    add_page(config, "esi_greeting", "/esi/greeting", esi_greeting)
+    add_page(config, "esi_visits", "/esi/visits", esi_visits)
+    add_page(config, "esi_fragment", "/esi/fragment/{name}", esi_fragment)
+    add_page(config, "esi_nest", r"/esi/nest/{n:\d+}", esi_nest)
+    add_page(config, "esi_plain", "/esi/plain", esi_plain)
 
 
 def main(global_config: Dict[str, str], **settings: str) -> Any:
@@ -615,13 +609,10 @@ def main(global_config: Dict[str, str], **settings: str) -> Any:
     config.set_security_policy(SecurityPolicy())
     config.set_default_csrf_options(require_csrf=True)
 
-    config.add_route("home", "/")
-    config.add_view(home, route_name="home", request_method=("GET", "HEAD"))
-    config.add_route("login", "/login")
-    config.add_view(login_form, route_name="login", request_method=("GET", "HEAD"))
+    add_page(config, "home", "/", home)
+    add_page(config, "login", "/login", login_form)
     config.add_view(login, route_name="login", request_method="POST")
-    config.add_route("article", "/articles/{id}")
-    config.add_view(article_html, route_name="article", request_method=("GET", "HEAD"), accept="text/html")
+    add_page(config, "article", "/articles/{id}", article_html, accept="text/html")
     config.add_view(article_json, route_name="article", request_method=("GET", "HEAD"),
                     accept="application/json")
     config.add_view(article_update, route_name="article", request_method="POST")
@@ -634,12 +625,9 @@ def main(global_config: Dict[str, str], **settings: str) -> Any:
     config.add_view(public_index, context=PublicFolder, name="", request_method=("GET", "HEAD"))
     # tagged pages (request.pagecache, from config.include("pagecache"))
     config.include("pagecache")
-    config.add_route("tagged_front", "/tagged/")
-    config.add_view(tagged_front, route_name="tagged_front", request_method=("GET", "HEAD"))
-    config.add_route("tagged_article", "/tagged/articles/{id}")
-    config.add_view(tagged_article, route_name="tagged_article", request_method=("GET", "HEAD"))
-    config.add_route("tagged_print", "/tagged/print/{id}")
-    config.add_view(tagged_print, route_name="tagged_print", request_method=("GET", "HEAD"))
+    add_page(config, "tagged_front", "/tagged/", tagged_front)
+    add_page(config, "tagged_article", "/tagged/articles/{id}", tagged_article)
+    add_page(config, "tagged_print", "/tagged/print/{id}", tagged_print)
     config.add_route("tagged_save", "/tagged/articles/{id}/edit")
     config.add_view(tagged_save, route_name="tagged_save", request_method="POST", require_csrf=False)
     add_listening_views(config)
